@@ -1,0 +1,17 @@
+"""convirt_fast: ConVIRT contrastive pretraining of medical image encoders, made fast.
+
+Public entry points are imported lazily so that `import convirt_fast.text` stays light
+(no torch import) for data-preparation workers.
+"""
+
+__version__ = "0.1.0"
+
+__all__ = ["ConVIRTLoss", "__version__"]
+
+
+def __getattr__(name: str):
+    if name == "ConVIRTLoss":
+        from convirt_fast.loss import ConVIRTLoss
+
+        return ConVIRTLoss
+    raise AttributeError(f"module 'convirt_fast' has no attribute {name!r}")
