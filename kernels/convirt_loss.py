@@ -1,0 +1,232 @@
+"""Fused ConVIRT contrastive loss: forward, backward, and the learnable temperature's gradient.
+
+Math. Image rows X (M, D) are the rows [offset, offset + M) of the global N x N problem, text rows
+Y (N, D) all of it (single process: M = N, offset = 0). With a_i = 1/max(||X_i||, eps) and b_j
+likewise (1 when normalize=False), x_i = a_i X_i, y_j = b_j Y_j:
+  S_ij = <x_i, y_j> / tau,  r_i = logsumexp_j S_ij,  c_j = logsumexp_i S_ij
+  L = (1/N) sum_i [lam (r_i - S_ii) + (1 - lam) (c_i - S_ii)]
+    = (1/N) [lam sum_i r_i + (1 - lam) sum_j c_j - sum_i S_ii]
+  G_ij = dL/dS_ij = (1/N) [lam exp(S_ij - r_i) + (1 - lam) exp(S_ij - c_j) - [j == offset + i]]
+  W_i = sum_j G_ij y_j,  V_j = sum_i G_ij x_i:  dL/dx_i = W_i / tau,  dL/dy_j = V_j / tau
+  dL/dtau = -(1/tau) sum_ij G_ij S_ij = -(1/tau^2) sum_i <x_i, W_i>
+  dL/dX_i = a_i (g_i - x_i <x_i, g_i>) with g_i = dL/dx_i (normalisation backward; same for Y)
+
+FLOPs for forward + backward, N x N, dimension D (GEMM work; everything else is O(N^2) or O(N*D)):
+  forward   2 N^2 D   one pass over S tiles (triton_loss._lse_fwd_kernel): row LSE online, column
+                      LSE from per-program partials, so one pass serves both directions.
+  backward  6 N^2 D   per column strip [c0, c1): recompute S and write H = N h dL/dS (2 N w D,
+                      triton_loss._grad_strip_kernel), then W += H @ y[c0:c1] and
+                      V[c0:c1] = H^T @ x (2 N w D each, cuBLAS with fp32 output).
+  total     8 N^2 D   the minimum: one GEMM forward, one recompute + two gradient GEMMs backward.
+The forward does not compute the gradients (as Liger's losses do): G needs every c_j, which is only
+known after the whole pass, so that would take a second pass in the forward (same 8 N^2 D) and make
+forward-only evaluation (validation loss) 4x dearer.
+
+Memory beyond inputs and gradients: O(N) statistics; forward column partials (<= 256 MiB,
+triton_loss.COL_SCRATCH_BYTES); backward: the strip H (N x <= 1024, <= 256 MiB), W in fp32 (N x D)
+and the normalised x in the input dtype (N x D). No N x N matrix: at N = 262,144, D = 512, bf16,
+about 1 GiB of scratch in the backward, 0.3 GiB in the forward.
+
+Layers (flash-attention style): backend host functions (triton_loss / torch_loss) -> raw ops
+`torch.ops.convirt_fast.loss_fwd/loss_bwd` (custom_op + fake, so torch.compile treats them as
+opaque) -> `ConVIRTLossFunction` -> `convirt_loss`, the public function.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+from . import torch_loss
+
+BACKENDS = ("auto", "triton", "torch")
+
+
+def backend_module(name: str):
+    if name == "torch":
+        return torch_loss
+    if name == "triton":
+        from . import triton_loss  # imported late: a CPU-only install may have no Triton
+
+        return triton_loss
+    raise ValueError(f"backend must be one of {BACKENDS}, got {name!r}")
+
+
+def h_scale_for(n_total: int) -> float:
+    """H stores N*dL/dS in [-1, 1] times 2^k <= 2^14: fp16's normal range holds the softmax
+    probabilities ~1/N of large batches (2^-14 > 1/N underflows to subnormals otherwise), and
+    2^14 * 1 stays below fp16's maximum 65504."""
+    return float(2 ** min(14, int(math.log2(max(n_total, 1)))))
+
+
+def _mm_f32(a: Tensor, b: Tensor, out: Tensor | None = None, accumulate: bool = False) -> Tensor:
+    """a @ b with an fp32 result (into `out`, += when accumulate): 16-bit operands multiply in
+    their dtype with fp32 output on a GPU (cuBLAS), in fp32 on a CPU."""
+    if a.dtype != torch.float32 and a.is_cuda:
+        try:
+            if accumulate:
+                return torch.addmm(out, a, b, out_dtype=torch.float32, out=out)
+            return torch.mm(a, b, out_dtype=torch.float32, out=out) if out is not None else \
+                torch.mm(a, b, out_dtype=torch.float32)
+        except (TypeError, RuntimeError):  # torch without out_dtype: a 16-bit product, then upcast
+            prod = (a @ b).float()
+            return out.add_(prod) if accumulate else (out.copy_(prod) if out is not None else prod)
+    a, b = a.float(), b.float()
+    if accumulate:
+        return torch.addmm(out, a, b, out=out)
+    return torch.mm(a, b, out=out) if out is not None else a @ b
+
+
+def _row_chunks(n: int, d: int, elems: int = 1 << 24):
+    step = max(1, elems // max(d, 1))
+    return [(i, min(n, i + step)) for i in range(0, n, step)]
+
+
+def scaled_rows(X: Tensor, a: Tensor) -> Tensor:
+    """x = a * X in X's dtype (the GEMM operand of the backward), scaled in fp32 chunk by chunk."""
+    out = torch.empty_like(X, memory_format=torch.contiguous_format)
+    for i, j in _row_chunks(*X.shape):
+        out[i:j] = X[i:j].float() * a[i:j, None]
+    return out
+
+
+def normalize_backward(g: Tensor, X: Tensor, a: Tensor, normalize: bool, out: Tensor) -> Tensor:
+    """out = dL/dX from g = dL/dx (fp32); returns sum_i <x_i, g_i> (fp32, for d tau)."""
+    dot = torch.zeros((), device=g.device, dtype=torch.float32)
+    for i, j in _row_chunks(*X.shape):
+        x = X[i:j].float() * a[i:j, None]
+        xg = (x * g[i:j]).sum(1, keepdim=True)
+        dot = dot + xg.sum()
+        out[i:j] = (a[i:j, None] * (g[i:j] - x * xg)) if normalize else g[i:j]
+    return dot
+
+
+def rows_backward(be, X, Y, a, b, tau, r, c, lam, offset, n_total, normalize, col_sink) -> Tensor:
+    """W' = N h W (M x D, fp32); col_sink(c0, c1, V') gets V' = N h V[c0:c1] strip by strip."""
+    M, D = X.shape
+    N = Y.shape[0]
+    h_scale = h_scale_for(n_total)
+    xn = scaled_rows(X, a) if normalize else X
+    W = torch.zeros((M, D), device=X.device, dtype=torch.float32)
+    width = be.strip_width(M, N, X.dtype)
+    for c0 in range(0, N, width):
+        c1 = min(N, c0 + width)
+        H = be.grad_strip(X, Y, a, b, tau, r, c, lam, offset, c0, c1, h_scale)
+        yc = scaled_rows(Y[c0:c1], b[c0:c1]) if normalize else Y[c0:c1]
+        _mm_f32(H, yc.to(H.dtype), out=W, accumulate=True)
+        col_sink(c0, c1, _mm_f32(H.t(), xn.to(H.dtype)))
+    return W
+
+
+@torch.library.custom_op("convirt_fast::loss_fwd", mutates_args=())
+def loss_fwd(img: Tensor, txt: Tensor, tau: Tensor, lam: float, normalize: bool, backend: str
+             ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """(loss, a, b, r, c): the loss and the O(N) statistics the backward needs."""
+    be = backend_module(backend)
+    a, b, diag = be.prologue(img, txt, tau, normalize)
+    r, c, loss = be.lse(img, txt, a, b, tau, diag=diag, lam=lam)
+    return loss, a, b, r, c
+
+
+@loss_fwd.register_fake
+def _(img, txt, tau, lam, normalize, backend):
+    n = img.shape[0]
+    stat = img.new_empty(n, dtype=torch.float32)
+    return (img.new_empty((), dtype=torch.float32), stat, torch.empty_like(stat),
+            torch.empty_like(stat), torch.empty_like(stat))
+
+
+@torch.library.custom_op("convirt_fast::loss_bwd", mutates_args=())
+def loss_bwd(grad: Tensor, img: Tensor, txt: Tensor, tau: Tensor, a: Tensor, b: Tensor, r: Tensor,
+             c: Tensor, lam: float, normalize: bool, backend: str) -> tuple[Tensor, Tensor, Tensor]:
+    """(d img, d txt, d tau) for upstream gradient `grad` (0-d)."""
+    be = backend_module(backend)
+    n = img.shape[0]
+    tau32 = tau.float().reshape(())
+    k = grad.float() / (n * h_scale_for(n) * tau32)  # g * dL/dx = k * W', W' = N h W
+    d_txt = torch.empty_like(txt, memory_format=torch.contiguous_format)
+
+    def col_sink(c0, c1, v):
+        normalize_backward(v.mul_(k), txt[c0:c1], b[c0:c1], normalize, d_txt[c0:c1])
+
+    W = rows_backward(be, img, txt, a, b, tau, r, c, lam, 0, n, normalize, col_sink)
+    d_img = torch.empty_like(img, memory_format=torch.contiguous_format)
+    xw = normalize_backward(W.mul_(k), img, a, normalize, d_img)
+    return d_img, d_txt, -xw / tau32  # g * dL/dtau = -(1/tau) sum_i <x_i, g dL/dx_i>
+
+
+@loss_bwd.register_fake
+def _(grad, img, txt, tau, a, b, r, c, lam, normalize, backend):
+    return (torch.empty_like(img, memory_format=torch.contiguous_format),
+            torch.empty_like(txt, memory_format=torch.contiguous_format),
+            img.new_empty((), dtype=torch.float32))
+
+
+class ConVIRTLossFunction(torch.autograd.Function):
+    """Forward: the loss from one pass (statistics r, c of O(N) saved). Backward: recomputes the
+    logits strip by strip; gradients for img, txt and, when it is a tensor that needs it, tau."""
+
+    @staticmethod
+    def forward(ctx, img, txt, tau, lam, normalize, backend):
+        loss, a, b, r, c = torch.ops.convirt_fast.loss_fwd(img, txt, tau, lam, normalize, backend)
+        ctx.save_for_backward(img, txt, tau, a, b, r, c)
+        ctx.args = (lam, normalize, backend)
+        return loss
+
+    @staticmethod
+    def backward(ctx, grad):
+        img, txt, tau, a, b, r, c = ctx.saved_tensors
+        d_img, d_txt, d_tau = torch.ops.convirt_fast.loss_bwd(grad, img, txt, tau, a, b, r, c, *ctx.args)
+        d_tau = d_tau.to(tau.dtype).reshape(tau.shape) if ctx.needs_input_grad[2] else None
+        return d_img, d_txt, d_tau, None, None, None
+
+
+def resolve_backend(backend: str, device: torch.device) -> str:
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    if backend == "auto":
+        return "triton" if device.type == "cuda" else "torch"
+    return backend
+
+
+def check_inputs(img: Tensor, txt: Tensor, lam: float) -> None:
+    if img.dim() != 2 or img.shape != txt.shape:
+        raise ValueError(f"img and txt must both be (N, D); got {tuple(img.shape)} and {tuple(txt.shape)}")
+    if img.shape[0] < 1 or img.shape[1] < 1:
+        raise ValueError(f"need N >= 1 pairs and D >= 1; got {tuple(img.shape)}")
+    if img.dtype not in (torch.float32, torch.bfloat16, torch.float16) or txt.dtype != img.dtype:
+        raise TypeError(f"img and txt must share one dtype of fp32/bf16/fp16; got {img.dtype}, {txt.dtype}")
+    if img.device != txt.device:
+        raise ValueError(f"img and txt are on different devices: {img.device}, {txt.device}")
+    if not 0.0 <= lam <= 1.0:
+        raise ValueError(f"lam must lie in [0, 1]; got {lam}")
+
+
+def tau_tensor(tau: float | Tensor, device: torch.device) -> Tensor:
+    if isinstance(tau, Tensor):
+        if tau.numel() != 1:
+            raise ValueError(f"tau must be a float or a 1-element tensor; got shape {tuple(tau.shape)}")
+        return tau.to(device)
+    if not tau > 0:
+        raise ValueError(f"tau must be > 0; got {tau}")
+    return torch.full((), float(tau), device=device, dtype=torch.float32)
+
+
+def convirt_loss(img: Tensor, txt: Tensor, tau: float | Tensor = 0.1, lam: float = 0.75, *,
+                 normalize: bool = True, backend: str = "auto") -> Tensor:
+    """ConVIRT loss L = (1/N) sum_i [lam l_i(v->u) + (1 - lam) l_i(u->v)] (PAPER.md, "Loss").
+
+    img, txt: (N, D) image and text projections, fp32, bf16 or fp16 (one dtype), any strides; row i
+        of one is paired with row i of the other, all other rows are negatives.
+    tau: temperature, a float or a 0-d tensor (a learnable temperature receives d loss / d tau).
+    lam: weight of the image->text direction l(v->u); 1 - lam weighs text->image.
+    normalize: L2-normalise the rows first (cosine similarities); False uses raw dot products.
+    backend: "auto" (Triton on CUDA tensors, torch otherwise), "triton" (on a CPU it needs
+        TRITON_INTERPRET=1), "torch" (chunked plain torch, memory O(N * chunk) in both passes).
+    Returns a 0-d fp32 tensor. No N x N matrix is ever stored (module docstring: FLOPs, memory).
+    """
+    check_inputs(img, txt, lam)
+    backend = resolve_backend(backend, img.device)
+    return ConVIRTLossFunction.apply(img, txt, tau_tensor(tau, img.device), float(lam), normalize, backend)

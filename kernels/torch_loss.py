@@ -1,0 +1,79 @@
+"""The chunked plain-torch backend of the ConVIRT loss: the same interface as `triton_loss.py`.
+
+It never holds more than CHUNK_ELEMS logits at once: the forward walks row chunks (rows x N),
+merging column log-sum-exps as it goes; the backward (driven by `convirt_loss.py`) asks for column
+strips (M x width) of the gradient, recomputed from the inputs. Memory is O(N * chunk + N * D).
+
+Matmuls run in fp32 on a CPU (16-bit GEMMs are slow and less accurate there) and in the input
+dtype on a GPU (tensor cores); log-sum-exps and exponentials are always fp32.
+"""
+
+from __future__ import annotations
+
+import torch
+
+EPS = 1e-12  # as F.normalize
+# Elements of one logits chunk: 2**22 fp32 = 16 MiB, a few such temporaries at a time.
+CHUNK_ELEMS = 1 << 22
+
+
+def compute_dtype(x: torch.Tensor) -> torch.dtype:
+    return torch.float32 if x.device.type == "cpu" else x.dtype
+
+
+def _rows_per_chunk(n_cols: int) -> int:
+    return max(1, CHUNK_ELEMS // max(n_cols, 1))
+
+
+def prologue(X: torch.Tensor, Y: torch.Tensor, tau: torch.Tensor, normalize: bool):
+    """a_i = 1/max(||X_i||, eps), b_i likewise (1 without normalize), diag_i = S_ii; fp32."""
+    M = X.shape[0]
+    a = torch.empty(M, device=X.device, dtype=torch.float32)
+    b = torch.empty_like(a)
+    diag = torch.empty_like(a)
+    step = _rows_per_chunk(X.shape[1])
+    for r0 in range(0, M, step):
+        x, y = X[r0:r0 + step].float(), Y[r0:r0 + step].float()
+        if normalize:
+            a[r0:r0 + step] = 1.0 / torch.linalg.vector_norm(x, dim=1).clamp_min(EPS)
+            b[r0:r0 + step] = 1.0 / torch.linalg.vector_norm(y, dim=1).clamp_min(EPS)
+        else:
+            a[r0:r0 + step] = 1.0
+            b[r0:r0 + step] = 1.0
+        diag[r0:r0 + step] = (x * y).sum(1)
+    diag *= a * b / tau.float()
+    return a, b, diag
+
+
+def _logits(X, Y, a, b, tau):
+    cd = compute_dtype(X)
+    return (X.to(cd) @ Y.to(cd).t()).float() * (a / tau.float())[:, None] * b[None, :]
+
+
+def lse(X, Y, a, b, tau, diag=None, lam=None):
+    """Row LSE r (M,) and column LSE c (N,) over these rows; with lam (M == N) also the loss."""
+    M, N = X.shape[0], Y.shape[0]
+    r = torch.empty(M, device=X.device, dtype=torch.float32)
+    c = torch.full((N,), float("-inf"), device=X.device, dtype=torch.float32)
+    step = _rows_per_chunk(N)
+    for r0 in range(0, M, step):
+        s = _logits(X[r0:r0 + step], Y, a[r0:r0 + step], b, tau)
+        r[r0:r0 + step] = torch.logsumexp(s, 1)
+        c = torch.logaddexp(c, torch.logsumexp(s, 0))
+    if lam is None:
+        return r, c
+    return r, c, (lam * r.sum() + (1.0 - lam) * c.sum() - diag.sum()) / N
+
+
+def strip_width(M: int, N: int, dtype: torch.dtype) -> int:
+    return min(N, _rows_per_chunk(M))
+
+
+def grad_strip(X, Y, a, b, tau, r, c, lam: float, offset: int, c0: int, c1: int, h_scale: float):
+    """H = h_scale * N * dL/dS[:, c0:c1] (M x (c1 - c0)), in compute_dtype(X)."""
+    s = _logits(X, Y[c0:c1], a, b[c0:c1], tau)
+    h = lam * torch.exp(s - r[:, None]) + (1.0 - lam) * torch.exp(s - c[None, c0:c1])
+    # positives: column offset + i of row i, where it falls inside this strip
+    i = torch.arange(max(c0 - offset, 0), min(c1 - offset, X.shape[0]), device=X.device)
+    h[i, i + offset - c0] -= 1.0
+    return (h * h_scale).to(compute_dtype(X))

@@ -1,0 +1,277 @@
+"""Triton kernels of the fused ConVIRT loss, and the host functions that launch them.
+
+The backend interface (shared with `torch_loss.py`; `convirt_loss.py` composes it into the loss):
+  prologue(X, Y, tau, normalize) -> a, b, diag      O(N*D)
+  lse(X, Y, a, b, tau, diag=None, lam=None)  -> r, c[, loss]     one GEMM pass, 2*M*N*D FLOPs
+  grad_strip(X, Y, a, b, tau, r, c, lam, offset, c0, c1, h_scale) -> H     2*M*(c1-c0)*D FLOPs
+where X (M, D) are the image rows [offset, offset + M) of the global N x N problem and Y (N, D) all
+the text rows (single process: offset = 0, M = N). With a_i = 1/max(||X_i||, eps) (1 when
+normalize=False) and b_j likewise, the logits are S_ij = <X_i, Y_j> a_i b_j / tau, computed tile by
+tile from the raw inputs and never stored: the normalisation is a per-row and per-column scale of
+the GEMM tile, so no normalised copy is made in the forward.
+  r_i = log sum_j exp(S_ij)          (row LSE: image -> text)
+  c_j = log sum_i exp(S_ij)          (column LSE over these M rows: text -> image)
+All exponentials are base 2 on S * log2(e) (exp2 is the hardware instruction).
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+import triton
+import triton.language as tl
+
+# Under TRITON_INTERPRET=1 (CPU tests) tl.dot on bf16/fp16 operands returns garbage and TF32 is not
+# emulated: upcast 16-bit operands to fp32 there and always ask for IEEE fp32 products.
+INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
+EPS = 1e-12  # as F.normalize: a zero row is divided by eps instead of 0
+LOG2E = tl.constexpr(1.4426950408889634)
+LN2 = tl.constexpr(0.6931471805599453)
+# A finite "minus infinity" for masked logits: exp2(NEG - m) == 0 for any finite m, and
+# NEG - NEG == 0 (not nan as -inf - -inf) on rows that are entirely padding.
+NEG = tl.constexpr(-1.0e30)
+# Per-program column partials (max, sum-exp) cost 8 bytes x N per program; programs take several
+# row blocks each once this budget is reached (N = 262,144: 128 programs, 256 MiB).
+COL_SCRATCH_BYTES = 256 << 20
+# The backward's gradient strip H is M x width in the input dtype: width <= 1024 columns and at most
+# this many bytes (N = 262,144 in bf16: 512 columns, 256 MiB).
+STRIP_BYTES = 256 << 20
+STRIP_COLS_MAX = 1024
+
+
+@triton.jit
+def _dot_tile(X, Y, rows, cols, row_ok, col_ok, D, sxm, sxd, sym, syd,
+              BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+              UPCAST: tl.constexpr, PRECISION: tl.constexpr):
+    # acc[i, j] = sum_k X[rows_i, k] * Y[cols_j, k], fp32 accumulation, D masked to BLOCK_K steps
+    acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
+    for k0 in range(0, D, BLOCK_K):
+        ks = k0 + tl.arange(0, BLOCK_K)
+        k_ok = ks < D
+        x = tl.load(X + rows[:, None] * sxm + ks[None, :] * sxd,
+                    mask=row_ok[:, None] & k_ok[None, :], other=0.0)
+        y = tl.load(Y + cols[None, :] * sym + ks[:, None] * syd,
+                    mask=col_ok[None, :] & k_ok[:, None], other=0.0)  # (BLOCK_K, BLOCK_N) = Y^T tile
+        if UPCAST:
+            x = x.to(tl.float32)
+            y = y.to(tl.float32)
+        acc = tl.dot(x, y, acc, input_precision=PRECISION)
+    return acc
+
+
+@triton.jit
+def _prologue_kernel(X, Y, A, B, DIAG, TAU, M, D, sxm, sxd, sym, syd, eps,
+                     NORMALIZE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr):
+    # a_i = 1/max(||X_i||, eps), b_i = 1/max(||Y_i||, eps), DIAG_i = <X_i, Y_i> a_i b_i / tau = S_ii
+    rows = (tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)).to(tl.int64)
+    row_ok = rows < M
+    xx = tl.zeros([BLOCK_M], dtype=tl.float32)
+    yy = tl.zeros([BLOCK_M], dtype=tl.float32)
+    xy = tl.zeros([BLOCK_M], dtype=tl.float32)
+    for d0 in range(0, D, BLOCK_D):
+        ds = d0 + tl.arange(0, BLOCK_D)
+        mask = row_ok[:, None] & (ds < D)[None, :]
+        x = tl.load(X + rows[:, None] * sxm + ds[None, :] * sxd, mask=mask, other=0.0).to(tl.float32)
+        y = tl.load(Y + rows[:, None] * sym + ds[None, :] * syd, mask=mask, other=0.0).to(tl.float32)
+        xx += tl.sum(x * x, 1)
+        yy += tl.sum(y * y, 1)
+        xy += tl.sum(x * y, 1)
+    if NORMALIZE:
+        a = 1.0 / tl.maximum(tl.sqrt(xx), eps)
+        b = 1.0 / tl.maximum(tl.sqrt(yy), eps)
+    else:
+        a = tl.full([BLOCK_M], 1.0, dtype=tl.float32)
+        b = tl.full([BLOCK_M], 1.0, dtype=tl.float32)
+    tau = tl.load(TAU).to(tl.float32)
+    tl.store(A + rows, a, mask=row_ok)
+    tl.store(B + rows, b, mask=row_ok)
+    tl.store(DIAG + rows, xy * a * b / tau, mask=row_ok)
+
+
+@triton.jit
+def _lse_fwd_kernel(X, Y, A, B, TAU, ROW_LSE, COL_M, COL_S, M, N, D, blocks_per_prog,
+                    sxm, sxd, sym, syd,
+                    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+                    UPCAST: tl.constexpr, PRECISION: tl.constexpr):
+    # Program p owns row blocks [p*bpp, (p+1)*bpp) and loops over all column blocks (one GEMM pass):
+    #   row LSE, online (flash-attention style):  m <- max(m, max_j s_ij),
+    #     l <- l * 2^(m_old - m) + sum_j 2^(s_ij - m);      r_i = (m + log2 l) * ln 2
+    #   column partials over this program's rows, merged into its own scratch row COL_*[p, :]
+    #   (only this program touches that row, so no atomics):
+    #     cm_j = max_i s_ij,  cs_j = sum_i 2^(s_ij - cm_j);  combined (max, rescaled sum) with the
+    #     previous row blocks' (cm, cs).
+    pid = tl.program_id(0)
+    scale = LOG2E / tl.load(TAU).to(tl.float32)
+    first_rb = pid * blocks_per_prog
+    last_rb = tl.minimum(first_rb + blocks_per_prog, tl.cdiv(M, BLOCK_M))
+    scratch = pid.to(tl.int64) * N
+    for rb in range(first_rb, last_rb):
+        rows = (rb * BLOCK_M + tl.arange(0, BLOCK_M)).to(tl.int64)
+        row_ok = rows < M
+        a = tl.load(A + rows, mask=row_ok, other=0.0) * scale
+        m_i = tl.full([BLOCK_M], NEG, dtype=tl.float32)
+        l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
+        for cb in range(0, tl.cdiv(N, BLOCK_N)):
+            cols = (cb * BLOCK_N + tl.arange(0, BLOCK_N)).to(tl.int64)
+            col_ok = cols < N
+            b = tl.load(B + cols, mask=col_ok, other=0.0)
+            acc = _dot_tile(X, Y, rows, cols, row_ok, col_ok, D, sxm, sxd, sym, syd,
+                            BLOCK_M, BLOCK_N, BLOCK_K, UPCAST, PRECISION)
+            s = acc * a[:, None] * b[None, :]  # S * log2(e)
+            s = tl.where(row_ok[:, None] & col_ok[None, :], s, NEG)
+            m_new = tl.maximum(m_i, tl.max(s, 1))
+            l_i = l_i * tl.exp2(m_i - m_new) + tl.sum(tl.exp2(s - m_new[:, None]), 1)
+            m_i = m_new
+            cm = tl.max(s, 0)
+            cs = tl.sum(tl.exp2(s - cm[None, :]), 0)
+            # the first row block of a program finds nothing to merge: masked load gives (NEG, 0)
+            prev = col_ok & (rb > first_rb)
+            pm = tl.load(COL_M + scratch + cols, mask=prev, other=NEG)
+            ps = tl.load(COL_S + scratch + cols, mask=prev, other=0.0)
+            new_m = tl.maximum(pm, cm)
+            new_s = ps * tl.exp2(pm - new_m) + cs * tl.exp2(cm - new_m)
+            tl.store(COL_M + scratch + cols, new_m, mask=col_ok)
+            tl.store(COL_S + scratch + cols, new_s, mask=col_ok)
+            # the next row block re-reads these addresses, perhaps from other threads of this program
+            tl.debug_barrier()
+        tl.store(ROW_LSE + rows, (m_i + tl.log2(l_i)) * LN2, mask=row_ok)
+
+
+@triton.jit
+def _col_lse_kernel(COL_M, COL_S, N, n_parts, ROW_LSE, DIAG, COL_LSE, LOSS_PART, lam, inv_n,
+                    WITH_LOSS: tl.constexpr, BLOCK: tl.constexpr):
+    # c_j = log sum_p cs_pj 2^(cm_pj) (an online merge over the programs' partials), natural units.
+    # WITH_LOSS (single process, M == N): LOSS_PART[block] = sum_j (lam r_j + (1-lam) c_j - S_jj) / N
+    cols = (tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)).to(tl.int64)
+    ok = cols < N
+    m = tl.full([BLOCK], NEG, dtype=tl.float32)
+    s = tl.zeros([BLOCK], dtype=tl.float32)
+    for p in range(0, n_parts):
+        pm = tl.load(COL_M + p * N + cols, mask=ok, other=NEG)
+        ps = tl.load(COL_S + p * N + cols, mask=ok, other=0.0)
+        new_m = tl.maximum(m, pm)
+        s = s * tl.exp2(m - new_m) + ps * tl.exp2(pm - new_m)
+        m = new_m
+    c = (m + tl.log2(tl.where(ok, s, 1.0))) * LN2  # padding columns: no log2(0)
+    tl.store(COL_LSE + cols, c, mask=ok)
+    if WITH_LOSS:
+        r = tl.load(ROW_LSE + cols, mask=ok, other=0.0)
+        d = tl.load(DIAG + cols, mask=ok, other=0.0)
+        term = tl.where(ok, lam * r + (1.0 - lam) * c - d, 0.0)
+        tl.store(LOSS_PART + tl.program_id(0), tl.sum(term, 0) * inv_n)
+
+
+@triton.jit
+def _grad_strip_kernel(X, Y, A, B, TAU, ROW_LSE, COL_LSE, H, M, N, D, col0, col1, offset,
+                       lam, h_scale, sxm, sxd, sym, syd, shm,
+                       BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+                       UPCAST: tl.constexpr, PRECISION: tl.constexpr):
+    # Recompute S on the tile, then the gradient of N*L w.r.t. S, scaled by h_scale:
+    #   H_ij = h_scale * (lam exp(S_ij - r_i) + (1-lam) exp(S_ij - c_j) - [j == offset + i])
+    # Both exponents are <= 0 (r_i, c_j are LSEs over sets containing S_ij): no overflow.
+    rows = (tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)).to(tl.int64)
+    cols = (col0 + tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)).to(tl.int64)
+    row_ok = rows < M
+    col_ok = cols < col1
+    scale = LOG2E / tl.load(TAU).to(tl.float32)
+    a = tl.load(A + rows, mask=row_ok, other=0.0) * scale
+    b = tl.load(B + cols, mask=col_ok, other=0.0)
+    r = tl.load(ROW_LSE + rows, mask=row_ok, other=0.0) * LOG2E
+    c = tl.load(COL_LSE + cols, mask=col_ok, other=0.0) * LOG2E
+    acc = _dot_tile(X, Y, rows, cols, row_ok, col_ok, D, sxm, sxd, sym, syd,
+                    BLOCK_M, BLOCK_N, BLOCK_K, UPCAST, PRECISION)
+    s = acc * a[:, None] * b[None, :]
+    h = lam * tl.exp2(s - r[:, None]) + (1.0 - lam) * tl.exp2(s - c[None, :])
+    h = tl.where(cols[None, :] == rows[:, None] + offset, h - 1.0, h) * h_scale
+    tl.store(H + rows[:, None] * shm + (cols - col0)[None, :], h.to(H.dtype.element_ty),
+             mask=row_ok[:, None] & col_ok[None, :])
+
+
+def _pow2(n: int) -> int:
+    return 1 << max(0, int(n) - 1).bit_length()
+
+
+def _config(M: int, N: int, D: int, dtype: torch.dtype):
+    """Tile sizes: (BLOCK_M, BLOCK_N, BLOCK_K, num_warps, num_stages). tl.dot needs dims >= 16."""
+    if INTERPRET:  # numpy emulation: few large programs are fastest
+        return max(16, min(64, _pow2(M))), max(16, min(64, _pow2(N))), max(16, min(64, _pow2(D))), 4, 1
+    block_m = max(16, min(128, _pow2(M)))
+    block_n = max(16, min(64, _pow2(N)))
+    block_k = max(16, min(64 if dtype != torch.float32 else 32, _pow2(D)))
+    return block_m, block_n, block_k, (8 if block_m >= 128 else 4), 3
+
+
+def _precision(dtype: torch.dtype) -> str:
+    # fp32 inputs follow torch's matmul setting (TF32 only where the user allowed it); ignored for 16-bit
+    if INTERPRET or dtype != torch.float32 or torch.get_float32_matmul_precision() == "highest":
+        return "ieee"
+    return "tf32"
+
+
+def _upcast(dtype: torch.dtype) -> bool:
+    return INTERPRET and dtype != torch.float32
+
+
+def prologue(X: torch.Tensor, Y: torch.Tensor, tau: torch.Tensor, normalize: bool):
+    M, D = X.shape
+    a = torch.empty(M, device=X.device, dtype=torch.float32)
+    b = torch.empty_like(a)
+    diag = torch.empty_like(a)
+    block_m, block_d = 16, max(16, min(128 if not INTERPRET else 512, _pow2(D)))
+    _prologue_kernel[(triton.cdiv(M, block_m),)](
+        X, Y, a, b, diag, tau, M, D, X.stride(0), X.stride(1), Y.stride(0), Y.stride(1), EPS,
+        NORMALIZE=normalize, BLOCK_M=block_m, BLOCK_D=block_d)
+    return a, b, diag
+
+
+def lse(X, Y, a, b, tau, diag=None, lam=None):
+    """Row LSE r (M,) and column LSE c (N,) over these rows; with lam (M == N) also the loss."""
+    M, D = X.shape
+    N = Y.shape[0]
+    block_m, block_n, block_k, warps, stages = _config(M, N, D, X.dtype)
+    n_row_blocks = triton.cdiv(M, block_m)
+    max_progs = max(1, COL_SCRATCH_BYTES // (8 * N))
+    blocks_per_prog = triton.cdiv(n_row_blocks, min(n_row_blocks, max_progs))
+    n_progs = triton.cdiv(n_row_blocks, blocks_per_prog)
+    col_m = torch.empty((n_progs, N), device=X.device, dtype=torch.float32)
+    col_s = torch.empty_like(col_m)
+    r = torch.empty(M, device=X.device, dtype=torch.float32)
+    _lse_fwd_kernel[(n_progs,)](
+        X, Y, a, b, tau, r, col_m, col_s, M, N, D, blocks_per_prog,
+        X.stride(0), X.stride(1), Y.stride(0), Y.stride(1),
+        BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, UPCAST=_upcast(X.dtype),
+        PRECISION=_precision(X.dtype), num_warps=warps, num_stages=stages)
+    c = torch.empty(N, device=X.device, dtype=torch.float32)
+    block = min(1024, _pow2(N))
+    n_blocks = triton.cdiv(N, block)
+    with_loss = lam is not None
+    # one block writes the loss itself (a 0-d tensor): no extra reduction launch at small N
+    part = torch.empty(() if n_blocks == 1 else n_blocks, device=X.device, dtype=torch.float32)
+    _col_lse_kernel[(n_blocks,)](
+        col_m, col_s, N, n_progs, r, diag if with_loss else r, c, part,
+        float(lam) if with_loss else 0.0, 1.0 / N, WITH_LOSS=with_loss, BLOCK=block)
+    if not with_loss:
+        return r, c
+    return r, c, (part if n_blocks == 1 else part.sum())
+
+
+def strip_width(M: int, N: int, dtype: torch.dtype) -> int:
+    elt = torch.finfo(dtype).bits // 8
+    width = min(STRIP_COLS_MAX, max(64, STRIP_BYTES // (max(M, 1) * elt)))
+    return min(N, width)
+
+
+def grad_strip(X, Y, a, b, tau, r, c, lam: float, offset: int, c0: int, c1: int, h_scale: float):
+    """H = h_scale * N * dL/dS[:, c0:c1] (M x (c1 - c0)) in the input dtype (tensor-core GEMMs)."""
+    M, D = X.shape
+    N = Y.shape[0]
+    H = torch.empty((M, c1 - c0), device=X.device, dtype=X.dtype)
+    block_m, block_n, block_k, warps, stages = _config(M, c1 - c0, D, X.dtype)
+    grid = (triton.cdiv(M, block_m), triton.cdiv(c1 - c0, block_n))
+    _grad_strip_kernel[grid](
+        X, Y, a, b, tau, r, c, H, M, N, D, c0, c1, offset, float(lam), float(h_scale),
+        X.stride(0), X.stride(1), Y.stride(0), Y.stride(1), H.stride(0),
+        BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, UPCAST=_upcast(X.dtype),
+        PRECISION=_precision(X.dtype), num_warps=warps, num_stages=stages)
+    return H
