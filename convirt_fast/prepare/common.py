@@ -1,0 +1,141 @@
+"""The end of every prepare: reports without a usable sentence dropped, the leakage check, then
+the sentence index, the rejects file, the manifest and, last, manifest.json (the marker of a
+finished prepare), each written atomically."""
+
+from __future__ import annotations
+
+import datetime as _dt
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+from convirt_fast.data import rejects as R
+from convirt_fast.data.atomic import file_sha256
+from convirt_fast.data.leakage import assert_no_leakage
+from convirt_fast.data.manifest import (
+    FORMAT,
+    MANIFEST_CSV,
+    META_JSON,
+    REJECTS_CSV,
+    SENTENCE_INDEX,
+    Study,
+    split_counts,
+    write_manifest_csv,
+    write_meta,
+)
+
+MIN_TOKENS = 3  # the paper drops pairs whose text has fewer than 3 tokens
+
+
+class PrepareError(RuntimeError):
+    """Input that a prepare cannot use at all (a missing CSV, missing columns): the message
+    names the file and the problem. Per-row problems go to the rejects file instead."""
+
+
+@dataclass
+class PrepareSummary:
+    out: Path
+    studies: int
+    splits: dict[str, int]
+    rejects: dict[str, int]
+    images_written: int = 0
+    images_skipped: int = 0
+    extra: dict = field(default_factory=dict)
+
+    def describe(self) -> str:
+        splits = ", ".join(f"{k} {v}" for k, v in sorted(self.splits.items()))
+        rej = ", ".join(f"{k} {v}" for k, v in self.rejects.items()) or "none"
+        return (
+            f"prepared {self.studies} studies in {self.out} ({splits}); "
+            f"images written {self.images_written}, already present {self.images_skipped}; "
+            f"rejected: {rej}"
+        )
+
+
+def _sentence_index_cls():
+    from convirt_fast.text import SentenceIndex
+
+    return SentenceIndex
+
+
+def drop_empty_reports(studies: list[Study], keys: list, rejects: R.RejectLog, files: Sequence[str]) -> tuple[list[Study], list]:
+    """Reports that are empty or whitespace: rejected before indexing (their own reason)."""
+    kept, kept_keys = [], []
+    for s, k, f in zip(studies, keys, files):
+        if not s.report.strip():
+            rejects.add(s.study_id, f, R.EMPTY_REPORT, "report is empty or whitespace")
+        else:
+            kept.append(s)
+            kept_keys.append(k)
+    return kept, kept_keys
+
+
+def finalize(
+    out: Path,
+    studies: list[Study],
+    *,
+    image_keys: list[Sequence[str]],
+    report_files: Sequence[str],
+    label_columns: Sequence[str],
+    rejects: R.RejectLog,
+    source: str,
+    params: dict,
+    images_written: int = 0,
+    images_skipped: int = 0,
+    threads: int = 0,
+    extra_meta: dict | None = None,
+) -> PrepareSummary:
+    """Indexes, checks and writes a prepared data set. `image_keys[i]` identifies study i's
+    source image files for the leakage check; `report_files[i]` names its report in rejects."""
+    out = Path(out)
+    studies, image_keys = drop_empty_reports(studies, image_keys, rejects, report_files)
+    SentenceIndex = _sentence_index_cls()
+    index = SentenceIndex.build([s.report for s in studies], threads=threads, min_tokens=MIN_TOKENS, sections=True)
+    empty = set(index.empty_report_ids())
+    if empty:
+        files = {s.study_id: f for s, f in zip(studies, report_files)}
+        for i in sorted(empty):
+            rejects.add(
+                studies[i].study_id,
+                files.get(studies[i].study_id, ""),
+                R.NO_SENTENCE,
+                f"no sentence of >= {MIN_TOKENS} tokens in Findings/Impression",
+            )
+        studies = [s for i, s in enumerate(studies) if i not in empty]
+        image_keys = [k for i, k in enumerate(image_keys) if i not in empty]
+        index = SentenceIndex.build([s.report for s in studies], threads=threads, min_tokens=MIN_TOKENS, sections=True)
+    if not studies:
+        raise PrepareError(f"{out}: no study left to prepare; see the rejects ({rejects.counts()})")
+    assert_no_leakage(studies, image_keys, what=str(out))
+
+    out.mkdir(parents=True, exist_ok=True)
+    meta_path = out / META_JSON
+    meta_path.unlink(missing_ok=True)  # from here on the folder is unfinished until rewritten
+    index.save(str(out / SENTENCE_INDEX))
+    rejects.write(out / REJECTS_CSV)
+    manifest_sha = write_manifest_csv(out / MANIFEST_CSV, studies, label_columns)
+    splits = split_counts(studies)
+    meta = {
+        "format": FORMAT,
+        "source": source,
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "params": params,
+        "label_columns": list(label_columns),
+        "studies": len(studies),
+        "splits": splits,
+        "sentences": index.num_sentences,
+        "rejects": rejects.counts(),
+        "manifest": MANIFEST_CSV,
+        "manifest_sha256": manifest_sha,
+        "sentence_index": SENTENCE_INDEX,
+        "sentence_index_sha256": file_sha256(out / SENTENCE_INDEX),
+        "rejects_file": REJECTS_CSV,
+        **(extra_meta or {}),
+    }
+    write_meta(meta_path, meta)
+    return PrepareSummary(out, len(studies), splits, rejects.counts(), images_written, images_skipped)
+
+
+def log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)

@@ -1,0 +1,251 @@
+"""`prepare mimic-cxr`: MIMIC-CXR-JPG 2.0.0 as published on PhysioNet.
+
+Expected under the root (each CSV plain or gzipped):
+    mimic-cxr-2.0.0-metadata.csv(.gz)   dicom_id, subject_id, study_id, ViewPosition, ...
+    mimic-cxr-2.0.0-split.csv(.gz)      dicom_id, study_id, subject_id, split (train/validate/test)
+    mimic-cxr-2.0.0-chexpert.csv(.gz)   subject_id, study_id, 14 labels (1.0, 0.0, -1.0, blank)
+    files/pXX/pNNNNNNNN/sNNNNNNNN/<dicom_id>.jpg
+    reports: files/pXX/pNNNNNNNN/sNNNNNNNN.txt, or mimic-cxr-reports.zip (from MIMIC-CXR),
+             under the root or given by --reports (a folder or the zip)
+
+One manifest row per study: its images with an accepted view (default frontal: PA, AP), the
+official patient-level split, the report (Findings + Impression are taken by the sentence
+index), the CheXpert labels (1, 0, -1, blank kept apart). Everything dropped is in rejects.csv.
+"""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import io
+import re
+import zipfile
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+
+from convirt_fast.data import rejects as R
+from convirt_fast.data.manifest import Study, parse_label
+from convirt_fast.data.resize import LONG_SIDE, ResizeTask, resize_all
+from convirt_fast.prepare.common import PrepareError, PrepareSummary, finalize
+
+METADATA = "mimic-cxr-2.0.0-metadata.csv"
+SPLIT = "mimic-cxr-2.0.0-split.csv"
+CHEXPERT = "mimic-cxr-2.0.0-chexpert.csv"
+REPORTS_ZIP = "mimic-cxr-reports.zip"
+CHEXPERT_LABELS = (
+    "Atelectasis",
+    "Cardiomegaly",
+    "Consolidation",
+    "Edema",
+    "Enlarged Cardiomediastinum",
+    "Fracture",
+    "Lung Lesion",
+    "Lung Opacity",
+    "No Finding",
+    "Pleural Effusion",
+    "Pleural Other",
+    "Pneumonia",
+    "Pneumothorax",
+    "Support Devices",
+)
+METADATA_COLUMNS = ("dicom_id", "subject_id", "study_id", "ViewPosition")
+SPLIT_COLUMNS = ("dicom_id", "study_id", "subject_id", "split")
+CHEXPERT_COLUMNS = ("subject_id", "study_id", *CHEXPERT_LABELS)
+DEFAULT_VIEWS = ("PA", "AP")
+_REPORT_NAME = re.compile(r"(?:^|/)p\d{2}/p(\d+)/s(\d+)\.txt$")
+
+
+@dataclass(frozen=True)
+class MimicConfig:
+    root: Path
+    views: tuple[str, ...] = DEFAULT_VIEWS
+    """Accepted ViewPosition values; empty = every view."""
+    reports: Path | None = None
+    """A folder holding files/pXX/... reports, or the reports zip; default: found under root."""
+    long_side: int = LONG_SIDE
+
+
+def _find_csv(root: Path, name: str) -> Path:
+    for candidate in (root / name, root / f"{name}.gz"):
+        if candidate.is_file():
+            return candidate
+    raise PrepareError(f"{root}: neither {name} nor {name}.gz found")
+
+
+def _read_csv(path: Path, required: tuple[str, ...]) -> list[dict[str, str]]:
+    try:
+        opener = gzip.open if path.suffix == ".gz" else open
+        with opener(path, "rt", encoding="utf-8", newline="") as f:
+            reader = csv.DictReader(f)
+            header = reader.fieldnames or []
+            missing = [c for c in required if c not in header]
+            if missing:
+                raise PrepareError(f"{path}: missing columns: {', '.join(missing)}")
+            return list(reader)
+    except (OSError, UnicodeDecodeError, EOFError, csv.Error) as e:
+        raise PrepareError(f"{path}: unreadable: {type(e).__name__}: {e}") from e
+
+
+def _study_dir(subject: str, study: str) -> str:
+    return f"files/p{subject[:2]}/p{subject}/s{study}"
+
+
+class _Reports:
+    """Report text by (subject_id, study_id) from a folder tree or the reports zip."""
+
+    def __init__(self, root: Path, override: Path | None) -> None:
+        self.zip: zipfile.ZipFile | None = None
+        self.names: dict[tuple[str, str], str] = {}
+        self.folder: Path | None = None
+        where = override or root
+        zpath = where if where.is_file() else where / REPORTS_ZIP
+        if zpath.is_file():
+            try:
+                self.zip = zipfile.ZipFile(zpath)
+            except zipfile.BadZipFile as e:
+                raise PrepareError(f"{zpath}: not a readable zip: {e}") from e
+            self.source = zpath
+            for name in self.zip.namelist():
+                if m := _REPORT_NAME.search(name):
+                    self.names[(m.group(1), m.group(2))] = name
+        else:
+            self.folder = where
+            self.source = where
+
+    def file(self, subject: str, study: str) -> str:
+        if self.zip is not None:
+            return f"{self.source.name}:{self.names.get((subject, study), _study_dir(subject, study) + '.txt')}"
+        return f"{_study_dir(subject, study)}.txt"
+
+    def read(self, subject: str, study: str) -> bytes | None:
+        if self.zip is not None:
+            name = self.names.get((subject, study))
+            return None if name is None else self.zip.read(name)
+        path = self.folder / f"{_study_dir(subject, study)}.txt"
+        return path.read_bytes() if path.is_file() else None
+
+
+def prepare_mimic_cxr(out: Path, cfg: MimicConfig, *, workers: int = 0, progress: bool = True) -> PrepareSummary:
+    out, root = Path(out), Path(cfg.root)
+    if not root.is_dir():
+        raise PrepareError(f"{root}: MIMIC-CXR-JPG root folder not found")
+    rejects = R.RejectLog()
+    meta_path, split_path, chex_path = _find_csv(root, METADATA), _find_csv(root, SPLIT), _find_csv(root, CHEXPERT)
+    metadata = _read_csv(meta_path, METADATA_COLUMNS)
+    split_of = _split_by_dicom(_read_csv(split_path, SPLIT_COLUMNS), split_path, rejects)
+    labels_of = _labels_by_study(_read_csv(chex_path, CHEXPERT_COLUMNS), chex_path, rejects)
+    reports = _Reports(root, cfg.reports)
+
+    # Images per study, after the view filter and the split lookup.
+    views = {v.upper() for v in cfg.views}
+    study_images: dict[tuple[str, str], list[str]] = defaultdict(list)
+    study_split: dict[tuple[str, str], set[str]] = defaultdict(set)
+    seen: set[str] = set()
+    for i, row in enumerate(metadata):
+        dicom, subject, study = row["dicom_id"].strip(), row["subject_id"].strip(), row["study_id"].strip()
+        where = f"{meta_path.name}:{i + 2}"
+        if not (dicom and subject.isdigit() and study.isdigit()):
+            rejects.add(dicom or where, where, R.BAD_VALUE, "dicom_id, subject_id or study_id empty or not a number")
+            continue
+        if dicom in seen:
+            rejects.add(dicom, where, R.DUPLICATE_ROW, "dicom_id repeated in the metadata")
+            continue
+        seen.add(dicom)
+        view = (row["ViewPosition"] or "").strip().upper()
+        if views and view not in views:
+            rejects.add(dicom, where, R.VIEW_FILTERED, f"ViewPosition {view or '(blank)'} not in {sorted(views)}")
+            continue
+        if dicom not in split_of:
+            rejects.add(dicom, where, R.NO_SPLIT, f"dicom_id not in {split_path.name}")
+            continue
+        study_images[(subject, study)].append(dicom)
+        study_split[(subject, study)].add(split_of[dicom])
+
+    # Reports, read before any image work: a study without a usable report costs no resize.
+    texts: dict[tuple[str, str], str] = {}
+    for key in sorted(study_images, key=lambda k: (int(k[0]), int(k[1]))):
+        subject, study = key
+        if len(study_split[key]) > 1:
+            rejects.add(study, _study_dir(subject, study), R.BAD_VALUE, f"images in several splits: {sorted(study_split[key])}")
+            continue
+        raw = reports.read(subject, study)
+        if raw is None:
+            rejects.add(study, reports.file(subject, study), R.MISSING_REPORT, "no report file")
+            continue
+        if len(raw) == 0:
+            rejects.add(study, reports.file(subject, study), R.EMPTY_REPORT, "zero-byte report file")
+            continue
+        try:
+            texts[key] = raw.decode("utf-8")
+        except UnicodeDecodeError as e:
+            rejects.add(study, reports.file(subject, study), R.NON_UTF8_REPORT, str(e))
+
+    tasks = [
+        ResizeTask(root / _study_dir(s, st) / f"{d}.jpg", out / "images" / _study_dir(s, st) / f"{d}.jpg", item=d)
+        for (s, st) in texts
+        for d in study_images[(s, st)]
+    ]
+    results = {r.task.item: r for r in resize_all(tasks, long_side=cfg.long_side, workers=workers, progress=progress)}
+    studies, keys, files = [], [], []
+    for (subject, study), text in texts.items():
+        images = []
+        for d in study_images[(subject, study)]:
+            res = results[d]
+            if res.ok:
+                images.append(f"images/{_study_dir(subject, study)}/{d}.jpg")
+            else:
+                rejects.add(d, f"{_study_dir(subject, study)}/{d}.jpg", res.reason, res.detail)
+        if not images:
+            rejects.add(study, _study_dir(subject, study), R.NO_IMAGE_LEFT, "no usable image of an accepted view")
+            continue
+        (split,) = study_split[(subject, study)]
+        labels = labels_of.get((subject, study), {c: None for c in CHEXPERT_LABELS})
+        studies.append(Study(study, subject, split, tuple(images), text, labels))
+        keys.append(images)
+        files.append(reports.file(subject, study))
+    written = sum(r.ok and not r.skipped for r in results.values())
+    return finalize(
+        out,
+        studies,
+        image_keys=keys,
+        report_files=files,
+        label_columns=CHEXPERT_LABELS,
+        rejects=rejects,
+        source="mimic-cxr-jpg-2.0.0",
+        params={"root": str(root), "views": list(cfg.views), "reports": str(reports.source), "long_side": cfg.long_side},
+        images_written=written,
+        images_skipped=sum(r.skipped for r in results.values()),
+        threads=workers,
+    )
+
+
+def _split_by_dicom(rows: list[dict[str, str]], path: Path, rejects: R.RejectLog) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for i, row in enumerate(rows):
+        dicom, split = row["dicom_id"].strip(), row["split"].strip()
+        where = f"{path.name}:{i + 2}"
+        if split not in ("train", "validate", "test"):
+            rejects.add(dicom, where, R.BAD_VALUE, f"split {split!r} is not train/validate/test")
+        elif dicom in out and out[dicom] != split:
+            rejects.add(dicom, where, R.DUPLICATE_ROW, f"dicom_id listed again with split {split!r}")
+        else:
+            out[dicom] = split
+    return out
+
+
+def _labels_by_study(rows: list[dict[str, str]], path: Path, rejects: R.RejectLog) -> dict[tuple[str, str], dict[str, int | None]]:
+    out: dict[tuple[str, str], dict[str, int | None]] = {}
+    for i, row in enumerate(rows):
+        key = (row["subject_id"].strip(), row["study_id"].strip())
+        where = f"{path.name}:{i + 2}"
+        try:
+            labels = {c: parse_label(row[c] or "") for c in CHEXPERT_LABELS}
+        except ValueError as e:
+            rejects.add(key[1], where, R.BAD_VALUE, f"labels left blank: {e}")
+            continue
+        if key in out:
+            rejects.add(key[1], where, R.DUPLICATE_ROW, "study listed again in the CheXpert labels; first kept")
+            continue
+        out[key] = labels
+    return out

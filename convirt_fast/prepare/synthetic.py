@@ -1,0 +1,121 @@
+"""`prepare synthetic`: SynthCXR, generated into a prepared folder.
+
+Besides the usual files (see convirt_fast.data.manifest) the folder holds the retrieval set:
+
+    retrieval_images.csv   study_id, image, category, role
+                           image: path relative to the folder; category: one of the 8 label
+                           names (Atelectasis, Cardiomegaly, Edema, Fracture, Pleural Effusion,
+                           Pneumonia, Pneumothorax, No Finding); role: candidate | query.
+                           Every image is exclusively positive for its category.
+    text_queries.csv       category, text: held-out queries, 5 per category, never written in
+                           any report of the data set.
+
+The retrieval studies are also in manifest.csv, with split "retrieval" (never train on them).
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+import time
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import asdict
+from pathlib import Path
+
+from PIL import Image
+
+from convirt_fast.data import rejects as R
+from convirt_fast.data.atomic import atomic_write
+from convirt_fast.data.manifest import Study
+from convirt_fast.data.resize import JPEG_QUALITY, is_valid_output
+from convirt_fast.data.synthcxr import findings as F
+from convirt_fast.data.synthcxr.dataset import (
+    GENERATOR_VERSION,
+    StudyPlan,
+    SynthConfig,
+    labels_of,
+    plan_studies,
+    synthesize,
+)
+from convirt_fast.data.synthcxr.reports import TEXT_QUERIES
+from convirt_fast.prepare.common import PrepareSummary, finalize
+
+RETRIEVAL_IMAGES_CSV = "retrieval_images.csv"
+TEXT_QUERIES_CSV = "text_queries.csv"
+CHUNK = 64
+
+
+def generate_one(plan: StudyPlan, cfg: SynthConfig, out: Path) -> tuple[str, bool]:
+    """Writes the study's image unless a valid one is there; returns (report, written)."""
+    dst = out / plan.image
+    present = dst.exists() and is_valid_output(dst, cfg.size)
+    pixels, report = synthesize(plan, cfg, image=not present)
+    if pixels is not None:
+        with atomic_write(dst, "wb", fsync=False) as f:
+            Image.fromarray(pixels).save(f, format="JPEG", quality=JPEG_QUALITY)
+    return report, not present
+
+
+def _generate_chunk(args: tuple[list[StudyPlan], SynthConfig, Path]) -> list[tuple[str, bool]]:
+    plans, cfg, out = args
+    return [generate_one(p, cfg, out) for p in plans]
+
+
+def prepare_synthetic(out: Path, cfg: SynthConfig, *, workers: int = 0, progress: bool = True) -> PrepareSummary:
+    from tqdm import tqdm
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    plans = plan_studies(cfg)
+    chunks = [plans[i : i + CHUNK] for i in range(0, len(plans), CHUNK)]
+    workers = workers or os.cpu_count() or 1
+    results: list[tuple[str, bool]] = []
+    t0 = time.perf_counter()
+    with tqdm(total=len(plans), desc="synthcxr", unit="study", disable=not progress) as bar:
+        if workers == 1:
+            for ch in chunks:
+                results += _generate_chunk((ch, cfg, out))
+                bar.update(len(ch))
+        else:
+            with ProcessPoolExecutor(max_workers=workers) as pool:
+                for res in pool.map(_generate_chunk, [(ch, cfg, out) for ch in chunks]):
+                    results += res
+                    bar.update(len(res))
+    seconds = time.perf_counter() - t0
+    studies = [
+        Study(p.study_id, p.patient_id, p.split, (p.image,), report, labels_of(p.findings))
+        for p, (report, _) in zip(plans, results)
+    ]
+    _write_retrieval_files(out, plans)
+    written = sum(w for _, w in results)
+    summary = finalize(
+        out,
+        studies,
+        image_keys=[s.images for s in studies],
+        report_files=[p.image for p in plans],
+        label_columns=F.CATEGORIES,
+        rejects=R.RejectLog(),
+        source="synthcxr",
+        params={**asdict(cfg), "generator_version": GENERATOR_VERSION},
+        images_written=written,
+        images_skipped=len(plans) - written,
+        extra_meta={"retrieval_images": RETRIEVAL_IMAGES_CSV, "text_queries": TEXT_QUERIES_CSV},
+    )
+    summary.extra["generate_seconds"] = seconds
+    summary.extra["studies_per_second"] = len(plans) / seconds if seconds > 0 else float("inf")
+    return summary
+
+
+def _write_retrieval_files(out: Path, plans: list[StudyPlan]) -> None:
+    with atomic_write(out / RETRIEVAL_IMAGES_CSV, "w", encoding="utf-8", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["study_id", "image", "category", "role"])
+        for p in plans:
+            if p.split == "retrieval":
+                w.writerow([p.study_id, p.image, p.category, p.role])
+    with atomic_write(out / TEXT_QUERIES_CSV, "w", encoding="utf-8", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["category", "text"])
+        for cat in F.CATEGORIES:
+            for text in TEXT_QUERIES[cat]:
+                w.writerow([cat, text])
