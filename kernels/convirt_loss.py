@@ -8,7 +8,7 @@ likewise (1 when normalize=False), x_i = a_i X_i, y_j = b_j Y_j:
     = (1/N) [lam sum_i r_i + (1 - lam) sum_j c_j - sum_i S_ii]
   G_ij = dL/dS_ij = (1/N) [lam exp(S_ij - r_i) + (1 - lam) exp(S_ij - c_j) - [j == offset + i]]
   W_i = sum_j G_ij y_j,  V_j = sum_i G_ij x_i:  dL/dx_i = W_i / tau,  dL/dy_j = V_j / tau
-  dL/dtau = -(1/tau) sum_ij G_ij S_ij = -(1/tau^2) sum_i <x_i, W_i>
+  dL/dtau = -(1/tau) sum_ij G_ij S_ij   (summed in fp32 on the tiles of the backward pass)
   dL/dX_i = a_i (g_i - x_i <x_i, g_i>) with g_i = dL/dx_i (normalisation backward; same for Y)
 
 FLOPs for forward + backward, N x N, dimension D (GEMM work; everything else is O(N^2) or O(N*D)):
@@ -92,55 +92,58 @@ def scaled_rows(X: Tensor, a: Tensor) -> Tensor:
     return out
 
 
-def normalize_backward(g: Tensor, X: Tensor, a: Tensor, normalize: bool, out: Tensor) -> Tensor:
-    """out = dL/dX from g = dL/dx (fp32); returns sum_i <x_i, g_i> (fp32, for d tau)."""
-    dot = torch.zeros((), device=g.device, dtype=torch.float32)
+def normalize_backward(g: Tensor, X: Tensor, a: Tensor, normalize: bool, out: Tensor) -> None:
+    """out = dL/dX from g = dL/dx (fp32), chunk by chunk: a_i (g_i - x_i <x_i, g_i>)."""
     for i, j in _row_chunks(*X.shape):
+        if not normalize:
+            out[i:j] = g[i:j]
+            continue
         x = X[i:j].float() * a[i:j, None]
-        xg = (x * g[i:j]).sum(1, keepdim=True)
-        dot = dot + xg.sum()
-        out[i:j] = (a[i:j, None] * (g[i:j] - x * xg)) if normalize else g[i:j]
-    return dot
+        out[i:j] = a[i:j, None] * (g[i:j] - x * (x * g[i:j]).sum(1, keepdim=True))
 
 
-def rows_backward(be, X, Y, a, b, tau, r, c, lam, offset, n_total, normalize, col_sink) -> Tensor:
-    """W' = N h W (M x D, fp32); col_sink(c0, c1, V') gets V' = N h V[c0:c1] strip by strip."""
+def rows_backward(be, X, Y, a, b, tau, r, c, d_row, d_col, lam, offset, n_total, normalize, col_sink):
+    """(W', hs): W' = N h W (M x D, fp32), hs = N sum_ij G_ij S_ij over these rows (0-d fp32);
+    col_sink(c0, c1, V') gets V' = N h V[c0:c1] strip by strip."""
     M, D = X.shape
     N = Y.shape[0]
     h_scale = h_scale_for(n_total)
     xn = scaled_rows(X, a) if normalize else X
     W = torch.zeros((M, D), device=X.device, dtype=torch.float32)
+    hs = torch.zeros((), device=X.device, dtype=torch.float32)
     width = be.strip_width(M, N, X.dtype)
     for c0 in range(0, N, width):
         c1 = min(N, c0 + width)
-        H = be.grad_strip(X, Y, a, b, tau, r, c, lam, offset, c0, c1, h_scale)
+        H, strip_hs = be.grad_strip(X, Y, a, b, tau, r, c, d_row, d_col, lam, offset, c0, c1, h_scale)
+        hs += strip_hs
         yc = scaled_rows(Y[c0:c1], b[c0:c1]) if normalize else Y[c0:c1]
         _mm_f32(H, yc.to(H.dtype), out=W, accumulate=True)
         col_sink(c0, c1, _mm_f32(H.t(), xn.to(H.dtype)))
-    return W
+    return W, hs
 
 
-@torch.library.custom_op("convirt_fast::loss_fwd", mutates_args=())
-def loss_fwd(img: Tensor, txt: Tensor, tau: Tensor, lam: float, normalize: bool, backend: str
-             ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
-    """(loss, a, b, r, c): the loss and the O(N) statistics the backward needs."""
+def forward_impl(img: Tensor, txt: Tensor, tau: Tensor, lam: float, normalize: bool, backend: str
+                 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """(loss, a, b, r, c, diag): the loss and the O(N) statistics the backward needs."""
     be = backend_module(backend)
     a, b, diag = be.prologue(img, txt, tau, normalize)
     r, c, loss = be.lse(img, txt, a, b, tau, diag=diag, lam=lam)
-    return loss, a, b, r, c
+    return loss, a, b, r, c, diag
+
+
+loss_fwd = torch.library.custom_op("convirt_fast::loss_fwd", forward_impl, mutates_args=())
 
 
 @loss_fwd.register_fake
 def _(img, txt, tau, lam, normalize, backend):
     n = img.shape[0]
     stat = img.new_empty(n, dtype=torch.float32)
-    return (img.new_empty((), dtype=torch.float32), stat, torch.empty_like(stat),
-            torch.empty_like(stat), torch.empty_like(stat))
+    return (img.new_empty((), dtype=torch.float32), stat, *(torch.empty_like(stat) for _ in range(4)))
 
 
-@torch.library.custom_op("convirt_fast::loss_bwd", mutates_args=())
-def loss_bwd(grad: Tensor, img: Tensor, txt: Tensor, tau: Tensor, a: Tensor, b: Tensor, r: Tensor,
-             c: Tensor, lam: float, normalize: bool, backend: str) -> tuple[Tensor, Tensor, Tensor]:
+def backward_impl(grad: Tensor, img: Tensor, txt: Tensor, tau: Tensor, a: Tensor, b: Tensor,
+                  r: Tensor, c: Tensor, diag: Tensor, lam: float, normalize: bool, backend: str
+                  ) -> tuple[Tensor, Tensor, Tensor]:
     """(d img, d txt, d tau) for upstream gradient `grad` (0-d)."""
     be = backend_module(backend)
     n = img.shape[0]
@@ -151,14 +154,17 @@ def loss_bwd(grad: Tensor, img: Tensor, txt: Tensor, tau: Tensor, a: Tensor, b: 
     def col_sink(c0, c1, v):
         normalize_backward(v.mul_(k), txt[c0:c1], b[c0:c1], normalize, d_txt[c0:c1])
 
-    W = rows_backward(be, img, txt, a, b, tau, r, c, lam, 0, n, normalize, col_sink)
+    W, hs = rows_backward(be, img, txt, a, b, tau, r, c, diag, diag, lam, 0, n, normalize, col_sink)
     d_img = torch.empty_like(img, memory_format=torch.contiguous_format)
-    xw = normalize_backward(W.mul_(k), img, a, normalize, d_img)
-    return d_img, d_txt, -xw / tau32  # g * dL/dtau = -(1/tau) sum_i <x_i, g dL/dx_i>
+    normalize_backward(W.mul_(k), img, a, normalize, d_img)
+    return d_img, d_txt, -grad.float() * hs / (n * tau32)  # dL/dtau = -(1/tau) sum_ij G_ij S_ij
+
+
+loss_bwd = torch.library.custom_op("convirt_fast::loss_bwd", backward_impl, mutates_args=())
 
 
 @loss_bwd.register_fake
-def _(grad, img, txt, tau, a, b, r, c, lam, normalize, backend):
+def _(grad, img, txt, tau, a, b, r, c, diag, lam, normalize, backend):
     return (torch.empty_like(img, memory_format=torch.contiguous_format),
             torch.empty_like(txt, memory_format=torch.contiguous_format),
             img.new_empty((), dtype=torch.float32))
@@ -170,15 +176,15 @@ class ConVIRTLossFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, img, txt, tau, lam, normalize, backend):
-        loss, a, b, r, c = torch.ops.convirt_fast.loss_fwd(img, txt, tau, lam, normalize, backend)
-        ctx.save_for_backward(img, txt, tau, a, b, r, c)
+        loss, *stats = torch.ops.convirt_fast.loss_fwd(img, txt, tau, lam, normalize, backend)
+        ctx.save_for_backward(img, txt, tau, *stats)
         ctx.args = (lam, normalize, backend)
         return loss
 
     @staticmethod
     def backward(ctx, grad):
-        img, txt, tau, a, b, r, c = ctx.saved_tensors
-        d_img, d_txt, d_tau = torch.ops.convirt_fast.loss_bwd(grad, img, txt, tau, a, b, r, c, *ctx.args)
+        img, txt, tau, *stats = ctx.saved_tensors
+        d_img, d_txt, d_tau = torch.ops.convirt_fast.loss_bwd(grad, img, txt, tau, *stats, *ctx.args)
         d_tau = d_tau.to(tau.dtype).reshape(tau.shape) if ctx.needs_input_grad[2] else None
         return d_img, d_txt, d_tau, None, None, None
 

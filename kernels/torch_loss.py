@@ -69,11 +69,19 @@ def strip_width(M: int, N: int, dtype: torch.dtype) -> int:
     return min(N, _rows_per_chunk(M))
 
 
-def grad_strip(X, Y, a, b, tau, r, c, lam: float, offset: int, c0: int, c1: int, h_scale: float):
-    """H = h_scale * N * dL/dS[:, c0:c1] (M x (c1 - c0)), in compute_dtype(X)."""
+def grad_strip(X, Y, a, b, tau, r, c, d_row, d_col, lam: float, offset: int, c0: int, c1: int,
+               h_scale: float):
+    """(H, hs): H = h_scale * N * dL/dS[:, c0:c1] (M x (c1 - c0)) in compute_dtype(X), and
+    hs = sum_ij (N dL/dS_ij) S_ij over the strip in fp32 (for d tau; written without the -1 of the
+    positives, which rounds away, as in triton_loss._grad_strip_kernel)."""
     s = _logits(X, Y[c0:c1], a, b[c0:c1], tau)
-    h = lam * torch.exp(s - r[:, None]) + (1.0 - lam) * torch.exp(s - c[None, c0:c1])
+    p = lam * torch.exp(s - r[:, None])
+    q = (1.0 - lam) * torch.exp(s - c[None, c0:c1])
     # positives: column offset + i of row i, where it falls inside this strip
     i = torch.arange(max(c0 - offset, 0), min(c1 - offset, X.shape[0]), device=X.device)
+    hs_terms = p * (s - d_row[:, None]) + q * (s - d_col[None, c0:c1])
+    hs_terms[i, i + offset - c0] = 0.0  # a positive's own term is exactly 0
+    hs = hs_terms.sum()
+    h = p.add_(q)
     h[i, i + offset - c0] -= 1.0
-    return (h * h_scale).to(compute_dtype(X))
+    return (h.mul_(h_scale)).to(compute_dtype(X)), hs

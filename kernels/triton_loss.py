@@ -3,7 +3,8 @@
 The backend interface (shared with `torch_loss.py`; `convirt_loss.py` composes it into the loss):
   prologue(X, Y, tau, normalize) -> a, b, diag      O(N*D)
   lse(X, Y, a, b, tau, diag=None, lam=None)  -> r, c[, loss]     one GEMM pass, 2*M*N*D FLOPs
-  grad_strip(X, Y, a, b, tau, r, c, lam, offset, c0, c1, h_scale) -> H     2*M*(c1-c0)*D FLOPs
+  grad_strip(X, Y, a, b, tau, r, c, d_row, d_col, lam, offset, c0, c1, h_scale) -> H, hs
+                                                                 2*M*(c1-c0)*D FLOPs
 where X (M, D) are the image rows [offset, offset + M) of the global N x N problem and Y (N, D) all
 the text rows (single process: offset = 0, M = N). With a_i = 1/max(||X_i||, eps) (1 when
 normalize=False) and b_j likewise, the logits are S_ij = <X_i, Y_j> a_i b_j / tau, computed tile by
@@ -35,8 +36,9 @@ NEG = tl.constexpr(-1.0e30)
 # row blocks each once this budget is reached (N = 262,144: 128 programs, 256 MiB).
 COL_SCRATCH_BYTES = 256 << 20
 # The backward's gradient strip H is M x width in the input dtype: width <= 1024 columns and at most
-# this many bytes (N = 262,144 in bf16: 512 columns, 256 MiB).
-STRIP_BYTES = 256 << 20
+# this many bytes (N = 262,144 in bf16: 256 columns, 128 MiB; the two GEMMs per strip then have
+# K = 256 and N = 256, still large enough for cuBLAS to run near peak).
+STRIP_BYTES = 128 << 20
 STRIP_COLS_MAX = 1024
 
 
@@ -163,13 +165,18 @@ def _col_lse_kernel(COL_M, COL_S, N, n_parts, ROW_LSE, DIAG, COL_LSE, LOSS_PART,
 
 
 @triton.jit
-def _grad_strip_kernel(X, Y, A, B, TAU, ROW_LSE, COL_LSE, H, M, N, D, col0, col1, offset,
+def _grad_strip_kernel(X, Y, A, B, TAU, ROW_LSE, COL_LSE, DIAG_ROW, DIAG_COL, H, HS, M, N, D,
+                       col0, col1, offset,
                        lam, h_scale, sxm, sxd, sym, syd, shm,
                        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
                        UPCAST: tl.constexpr, PRECISION: tl.constexpr):
     # Recompute S on the tile, then the gradient of N*L w.r.t. S, scaled by h_scale:
     #   H_ij = h_scale * (lam exp(S_ij - r_i) + (1-lam) exp(S_ij - c_j) - [j == offset + i])
     # Both exponents are <= 0 (r_i, c_j are LSEs over sets containing S_ij): no overflow.
+    # HS[program] = sum_ij (N G_ij) S_ij over the tile, for dL/dtau = -(1/tau) sum_ij G_ij S_ij, as
+    #   sum_ij lam P_ij (S_ij - S_ii) + (1-lam) Q_ij (S_ij - S_jj)   (rows of P, columns of Q sum to 1)
+    # which drops the -1 of the positives: P_ii - 1 rounds to 0 in fp32 once a pair is separated
+    # by more than ~16 in logits, and the sum of the remaining tiny terms would lose its partner.
     rows = (tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)).to(tl.int64)
     cols = (col0 + tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)).to(tl.int64)
     row_ok = rows < M
@@ -179,13 +186,22 @@ def _grad_strip_kernel(X, Y, A, B, TAU, ROW_LSE, COL_LSE, H, M, N, D, col0, col1
     b = tl.load(B + cols, mask=col_ok, other=0.0)
     r = tl.load(ROW_LSE + rows, mask=row_ok, other=0.0) * LOG2E
     c = tl.load(COL_LSE + cols, mask=col_ok, other=0.0) * LOG2E
+    d_row = tl.load(DIAG_ROW + rows, mask=row_ok, other=0.0)
+    d_col = tl.load(DIAG_COL + cols, mask=col_ok, other=0.0)
     acc = _dot_tile(X, Y, rows, cols, row_ok, col_ok, D, sxm, sxd, sym, syd,
                     BLOCK_M, BLOCK_N, BLOCK_K, UPCAST, PRECISION)
     s = acc * a[:, None] * b[None, :]
-    h = lam * tl.exp2(s - r[:, None]) + (1.0 - lam) * tl.exp2(s - c[None, :])
-    h = tl.where(cols[None, :] == rows[:, None] + offset, h - 1.0, h) * h_scale
-    tl.store(H + rows[:, None] * shm + (cols - col0)[None, :], h.to(H.dtype.element_ty),
-             mask=row_ok[:, None] & col_ok[None, :])
+    p = lam * tl.exp2(s - r[:, None])
+    q = (1.0 - lam) * tl.exp2(s - c[None, :])
+    ok = row_ok[:, None] & col_ok[None, :]
+    s_nat = s * LN2
+    is_pos = cols[None, :] == rows[:, None] + offset
+    hs = p * (s_nat - d_row[:, None]) + q * (s_nat - d_col[None, :])
+    hs = tl.where(ok & (cols[None, :] != rows[:, None] + offset), hs, 0.0)  # a positive's own term is 0
+    tl.store(HS + tl.program_id(0) * tl.num_programs(1) + tl.program_id(1), tl.sum(tl.sum(hs, 1), 0))
+    h = tl.where(is_pos, p + q - 1.0, p + q)
+    tl.store(H + rows[:, None] * shm + (cols - col0)[None, :], (h * h_scale).to(H.dtype.element_ty),
+             mask=ok)
 
 
 def _pow2(n: int) -> int:
@@ -262,16 +278,19 @@ def strip_width(M: int, N: int, dtype: torch.dtype) -> int:
     return min(N, width)
 
 
-def grad_strip(X, Y, a, b, tau, r, c, lam: float, offset: int, c0: int, c1: int, h_scale: float):
-    """H = h_scale * N * dL/dS[:, c0:c1] (M x (c1 - c0)) in the input dtype (tensor-core GEMMs)."""
+def grad_strip(X, Y, a, b, tau, r, c, d_row, d_col, lam: float, offset: int, c0: int, c1: int,
+               h_scale: float):
+    """(H, hs): H = h_scale * N * dL/dS[:, c0:c1] (M x (c1 - c0)) in the input dtype (for the
+    tensor-core GEMMs) and hs = sum_ij (N dL/dS_ij) S_ij over the strip (0-d fp32, for d tau)."""
     M, D = X.shape
     N = Y.shape[0]
     H = torch.empty((M, c1 - c0), device=X.device, dtype=X.dtype)
     block_m, block_n, block_k, warps, stages = _config(M, c1 - c0, D, X.dtype)
     grid = (triton.cdiv(M, block_m), triton.cdiv(c1 - c0, block_n))
+    hs = torch.empty(grid, device=X.device, dtype=torch.float32)
     _grad_strip_kernel[grid](
-        X, Y, a, b, tau, r, c, H, M, N, D, c0, c1, offset, float(lam), float(h_scale),
+        X, Y, a, b, tau, r, c, d_row, d_col, H, hs, M, N, D, c0, c1, offset, float(lam), float(h_scale),
         X.stride(0), X.stride(1), Y.stride(0), Y.stride(1), H.stride(0),
         BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, UPCAST=_upcast(X.dtype),
         PRECISION=_precision(X.dtype), num_warps=warps, num_stages=stages)
-    return H
+    return H, hs.sum()

@@ -1,0 +1,69 @@
+"""`ConVIRTLoss`: the module users construct; it holds the hyper-parameters and calls the kernel.
+
+    loss_fn = ConVIRTLoss(tau=0.1, lam=0.75)              # the paper's loss (PAPER.md, "Loss")
+    loss = loss_fn(v, u)                                  # v, u: (N, D) image / text projections
+
+Shapes are documented once, in `convirt_fast.kernels.convirt_loss`; the distributed semantics of
+gather=True in `convirt_fast.kernels.distributed` (and docs/loss.md).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor, nn
+
+from convirt_fast.kernels.convirt_loss import BACKENDS, convirt_loss
+from convirt_fast.kernels.distributed import convirt_loss_gathered
+
+
+class ConVIRTLoss(nn.Module):
+    """Bidirectional contrastive loss of ConVIRT with temperature tau and direction weight lam.
+
+    tau: temperature (initial value when learnable).
+    lam: weight of the image->text direction; 1 - lam weighs text->image.
+    learnable_tau: learn the temperature. It is stored as the parameter `log_tau` = log(tau) (as
+        CLIP stores log(1/tau)): unconstrained, positive after exp, scale-free steps. The value used
+        is exp(log_tau) clamped below at `min_tau` (CLIP clamps 1/tau at 100, i.e. tau >= 0.01, the
+        smallest temperature the kernels are tested at); at the clamp log_tau gets no gradient.
+    gather: compute the loss of the global batch across the default process group's ranks
+        (each rank passes its own pairs). The value returned is the global loss; gradients are
+        scaled so that DDP's / FSDP's averaging over ranks yields exactly the single-process
+        gradient on the concatenated batch. Without an initialised group it is the local loss.
+    normalize: L2-normalise the projections first (cosine similarities, the paper's loss).
+    backend: "auto" | "triton" | "torch" (see `convirt_loss`).
+    """
+
+    def __init__(self, tau: float = 0.1, lam: float = 0.75, learnable_tau: bool = False,
+                 gather: bool = False, *, normalize: bool = True, backend: str = "auto",
+                 min_tau: float = 0.01):
+        super().__init__()
+        if not tau > 0 or not min_tau > 0:
+            raise ValueError(f"tau and min_tau must be > 0; got {tau}, {min_tau}")
+        if not 0.0 <= lam <= 1.0:
+            raise ValueError(f"lam must lie in [0, 1]; got {lam}")
+        if backend not in BACKENDS:
+            raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+        self.lam, self.gather, self.normalize, self.backend = float(lam), gather, normalize, backend
+        self.learnable_tau, self.min_tau = learnable_tau, float(min_tau)
+        if learnable_tau:
+            self.log_tau = nn.Parameter(torch.tensor(math.log(tau), dtype=torch.float32))
+        else:
+            self.tau_value = float(tau)
+
+    @property
+    def tau(self) -> float | Tensor:
+        """The temperature in use: a float, or a 0-d tensor (with grad) when learnable."""
+        if self.learnable_tau:
+            return self.log_tau.clamp(min=math.log(self.min_tau)).exp()
+        return self.tau_value
+
+    def forward(self, img: Tensor, txt: Tensor) -> Tensor:
+        """img, txt: (N, D) projections; returns the 0-d fp32 loss."""
+        fn = convirt_loss_gathered if self.gather else convirt_loss
+        return fn(img, txt, self.tau, self.lam, normalize=self.normalize, backend=self.backend)
+
+    def extra_repr(self) -> str:
+        tau = f"log_tau={self.log_tau.item():.4g}" if self.learnable_tau else f"tau={self.tau_value}"
+        return f"{tau}, lam={self.lam}, gather={self.gather}, normalize={self.normalize}, backend={self.backend!r}"

@@ -1,0 +1,345 @@
+"""The fused ConVIRT loss against the plain reference: forward, backward, d tau, edge cases, memory.
+
+On a CPU the Triton kernels run under TRITON_INTERPRET=1 (set here before Triton is imported); GPU
+tests (@pytest.mark.gpu) check the compiled kernels with flash-attention's accuracy rule.
+"""
+
+import math
+import os
+
+import pytest
+import torch
+
+if not torch.cuda.is_available():  # before convirt_fast.kernels.triton_loss is imported
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+from torch.utils._python_dispatch import TorchDispatchMode  # noqa: E402
+
+from convirt_fast import ConVIRTLoss  # noqa: E402
+from convirt_fast.kernels import convirt_loss  # noqa: E402
+from convirt_fast.kernels import torch_loss  # noqa: E402
+from convirt_fast.kernels.reference import convirt_loss_reference  # noqa: E402
+
+INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
+needs_interpreter = pytest.mark.skipif(not INTERPRET, reason="Triton on CPU tensors needs TRITON_INTERPRET=1")
+CPU_BACKENDS = [pytest.param("triton", marks=needs_interpreter), "torch"]
+
+# Max error relative to the largest reference value, against an fp64 reference on the same
+# (already rounded) inputs: (loss relative to max(1, 1/tau, loss), gradients). Measured errors are
+# 2-4x below these. 16-bit inputs: the backward multiplies the gradient strip and the normalised
+# rows in the input dtype (as tensor cores do), fp32 elsewhere; the gradients come out rounded.
+TOL = {
+    torch.float32: (1e-6, 5e-6),
+    torch.bfloat16: (1e-6, 1.2e-2),  # the gradients' own bf16 rounding is 2^-9 = 2e-3 per element
+    torch.float16: (1e-6, 2e-3),
+}
+TAU_TOL = 1e-6  # d loss / d tau, relative to max(|d tau|, 1/tau^2), every dtype (see below)
+
+# (N, D, dtype, tau, lam): odd N including 1, D in {1, 70, 512} and others, every dtype, tau and lam
+# value at least twice, not the full product (the interpreter is slow).
+CASES = [
+    (1, 70, torch.float32, 0.1, 0.75),
+    (1, 1, torch.bfloat16, 0.01, 0.0),
+    (2, 1, torch.float16, 1.0, 1.0),
+    (37, 70, torch.float32, 0.01, 0.75),
+    (37, 70, torch.bfloat16, 0.1, 1.0),
+    (37, 70, torch.float16, 1.0, 0.0),
+    (65, 512, torch.float32, 1.0, 0.0),
+    (65, 512, torch.bfloat16, 0.01, 0.75),
+    (99, 512, torch.float16, 0.1, 0.75),
+    (131, 33, torch.float16, 0.01, 1.0),
+    (199, 1, torch.float32, 0.1, 0.75),
+    (200, 100, torch.bfloat16, 1.0, 0.0),
+]
+
+
+def rel_err(x: torch.Tensor, ref: torch.Tensor, floor: float = 1e-30) -> float:
+    """Max abs error over the largest reference magnitude (at least `floor`)."""
+    return ((x.double() - ref.double()).abs().max() / ref.double().abs().max().clamp_min(floor)).item()
+
+
+def make_pair(n, d, dtype, seed=0, device="cpu"):
+    g = torch.Generator().manual_seed(seed)
+    img = (torch.randn(n, d, generator=g) * 3).to(device=device, dtype=dtype)
+    txt = (0.1 * img.float() + torch.randn(n, d, generator=g).to(device)).to(dtype)  # cosines ~0.3
+    return img, txt
+
+
+def run(fn, img, txt, tau, lam, grad_out, **kw):
+    """Loss value and gradients (img, txt, tau) for upstream gradient grad_out."""
+    img = img.detach().clone().requires_grad_()
+    txt = txt.detach().clone().requires_grad_()
+    tau_t = torch.tensor(tau, dtype=torch.float64 if img.dtype == torch.float64 else torch.float32,
+                         requires_grad=True)
+    loss = fn(img, txt, tau_t, lam, **kw)
+    (loss * grad_out).backward()
+    return loss.detach(), img.grad, txt.grad, tau_t.grad
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+@pytest.mark.parametrize("n,d,dtype,tau,lam", CASES)
+def test_matches_reference(backend, n, d, dtype, tau, lam):
+    img, txt = make_pair(n, d, dtype, seed=n * 1000 + d)
+    grad_out = 1.7  # != 1: the backward must scale by it
+    got = run(convirt_loss, img, txt, tau, lam, grad_out, backend=backend)
+    ref = run(convirt_loss_reference, img.double(), txt.double(), tau, lam, grad_out)
+    loss_tol, grad_tol = TOL[dtype]
+    assert got[0].dtype == torch.float32 and got[0].dim() == 0
+    # the loss is a difference of log-sum-exps of logits up to 1/tau: fp32 rounds at that scale
+    scale = max(1.0, 1.0 / tau, abs(ref[0].item()))
+    assert abs(got[0].item() - ref[0].item()) <= loss_tol * scale, (got[0], ref[0])
+    if n == 1:  # one pair: the loss is 0 whatever the inputs, and so are the gradients
+        assert ref[0].abs().item() < 1e-12
+    # d tau is summed in fp32 from fp32 logit tiles whatever the input dtype; its terms are of size
+    # |S|/tau <= 1/tau^2, so that is the scale its rounding errors are relative to.
+    assert rel_err(got[3], ref[3], floor=1 / tau**2) <= TAU_TOL, rel_err(got[3], ref[3], floor=1 / tau**2)
+    for name, g, r in zip(("img", "txt"), got[1:3], ref[1:3]):
+        assert g.dtype == dtype, name
+        if n == 1 or d == 1:
+            # one pair: zero gradients; D = 1: a normalised scalar is +-1 whatever its input, so
+            # the inputs' gradients vanish (the kernel leaves fp32 rounding residue, ~1e-8)
+            assert g.double().abs().max().item() <= 1e-5, (name, g.abs().max())
+        else:
+            assert rel_err(g, r) <= grad_tol, (name, rel_err(g, r))
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+def test_tiny_tau_no_underflow(backend):
+    """tau = 0.01 with every cosine at -0.1: all logits are -10, so a fixed shift by 1/tau = 100
+    computes exp(-110) = 0 in fp32 and a log of 0; an online log-sum-exp gets log(N) exactly."""
+    n, d = 50, 128
+    q, _ = torch.linalg.qr(torch.randn(d, d, dtype=torch.float64))
+    alpha, beta = math.sqrt(0.9), math.sqrt(0.1)
+    img = (alpha * q[:n] + beta * q[2 * n]).float()  # <img_i, txt_j> = -beta^2 = -0.1 for all i, j
+    txt = (alpha * q[n:2 * n] - beta * q[2 * n]).float()
+    logits = (img @ txt.t()) / 0.01
+    naive = 1 / 0.01 + torch.log(torch.exp(logits - 1 / 0.01).sum(1))  # the fixed-shift trap
+    assert not torch.isfinite(naive).any(), "the data must hit the underflow of a fixed shift"
+    got = run(convirt_loss, img, txt, 0.01, 0.75, 1.0, backend=backend)
+    ref = run(convirt_loss_reference, img.double(), txt.double(), 0.01, 0.75, 1.0)
+    assert abs(ref[0].item() - math.log(n)) < 1e-6  # all logits equal (up to fp32 rounding of q)
+    assert abs(got[0].item() - ref[0].item()) < 1e-5
+    for g, r in zip(got[1:3], ref[1:3]):
+        assert torch.isfinite(g).all() and rel_err(g, r) < 1e-4
+    assert rel_err(got[3], ref[3], floor=1 / 0.01**2) < TAU_TOL  # d tau is ~0 here: all logits equal
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+def test_non_contiguous_and_float_tau(backend):
+    base_img, base_txt = make_pair(70, 2 * 45, torch.float32, seed=3)
+    img = base_img[:, ::2]  # strided columns
+    txt = base_txt.t().contiguous().t()[:, 1::2]  # column-major, then strided
+    assert not img.is_contiguous() and not txt.is_contiguous()
+    img_g, txt_g = img.clone().requires_grad_(), txt.clone().requires_grad_()
+    loss = convirt_loss(img_g, txt_g, 0.05, 0.3, backend=backend)  # tau as a float
+    loss.backward()
+    ref = run(convirt_loss_reference, img.double(), txt.double(), 0.05, 0.3, 1.0)
+    assert abs(loss.item() - ref[0].item()) < 1e-5
+    assert rel_err(img_g.grad, ref[1]) < 2e-5 and rel_err(txt_g.grad, ref[2]) < 2e-5
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+def test_without_normalize(backend):
+    img, txt = make_pair(33, 20, torch.float32, seed=5)
+    img, txt = img * 0.1, txt * 0.1  # raw dot products of moderate size
+    got = run(convirt_loss, img, txt, 0.5, 0.75, 1.0, normalize=False, backend=backend)
+    ref = run(convirt_loss_reference, img.double(), txt.double(), 0.5, 0.75, 1.0, normalize=False)
+    assert abs(got[0].item() - ref[0].item()) < 1e-5 * max(1, abs(ref[0].item()))
+    for g, r in zip(got[1:], ref[1:]):
+        assert rel_err(g, r) < 2e-5
+
+
+@needs_interpreter
+def test_triton_multi_program_rows_and_strips(monkeypatch):
+    """Small budgets force the paths big N takes on a GPU: programs owning several row blocks
+    (column partials merged in scratch) and a backward of many column strips."""
+    from convirt_fast.kernels import triton_loss
+
+    n, d = 150, 40
+    monkeypatch.setattr(triton_loss, "COL_SCRATCH_BYTES", 8 * n * 2)  # 2 programs for 3 row blocks
+    monkeypatch.setattr(triton_loss, "STRIP_BYTES", 64 * n * 4)
+    monkeypatch.setattr(triton_loss, "STRIP_COLS_MAX", 64)  # 3 strips, the last one partial
+    img, txt = make_pair(n, d, torch.float32, seed=11)
+    got = run(convirt_loss, img, txt, 0.02, 0.6, 0.5, backend="triton")
+    ref = run(convirt_loss_reference, img.double(), txt.double(), 0.02, 0.6, 0.5)
+    assert abs(got[0].item() - ref[0].item()) < 1e-5 * ref[0].abs().item()
+    for g, r in zip(got[1:], ref[1:]):
+        assert rel_err(g, r) < 2e-5
+
+
+def test_reference_gradcheck_float64():
+    img, txt = make_pair(5, 4, torch.float64, seed=1)
+    tau = torch.tensor(0.3, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(
+        lambda a, b, t: convirt_loss_reference(a, b, t, 0.75),
+        (img.requires_grad_(), txt.requires_grad_(), tau))
+
+
+def test_learnable_tau_module():
+    img, txt = make_pair(21, 16, torch.float32, seed=2)
+    loss_fn = ConVIRTLoss(tau=0.07, lam=0.75, learnable_tau=True)
+    loss = loss_fn(img, txt)
+    loss.backward()
+    log_tau = torch.tensor(math.log(0.07), dtype=torch.float64, requires_grad=True)
+    ref = convirt_loss_reference(img.double(), txt.double(), log_tau.exp(), 0.75)
+    ref.backward()
+    assert abs(loss.item() - ref.item()) < 1e-5
+    assert loss_fn.log_tau.grad.abs().item() > 1e-3  # a real gradient, compared next
+    assert abs(loss_fn.log_tau.grad.item() - log_tau.grad.item()) < 1e-4 * abs(log_tau.grad.item())
+    # below min_tau the temperature is clamped (CLIP's logit_scale <= 100) and gets no gradient
+    with torch.no_grad():
+        loss_fn.log_tau.fill_(math.log(0.001))
+    loss_fn.log_tau.grad = None
+    assert abs(loss_fn.tau.item() - 0.01) < 1e-7
+    loss_fn(img, txt).backward()
+    assert loss_fn.log_tau.grad.item() == 0.0
+
+
+def test_module_fixed_tau_and_errors():
+    img, txt = make_pair(9, 8, torch.float32, seed=4)
+    loss_fn = ConVIRTLoss(tau=0.2, lam=0.5)
+    assert list(loss_fn.parameters()) == []
+    ref = convirt_loss_reference(img.double(), txt.double(), 0.2, 0.5)
+    assert abs(loss_fn(img, txt).item() - ref.item()) < 1e-5
+    with pytest.raises(ValueError):
+        ConVIRTLoss(lam=1.5)
+    with pytest.raises(ValueError):
+        ConVIRTLoss(backend="cuda")
+    with pytest.raises(ValueError):
+        convirt_loss(img, txt[:5])
+    with pytest.raises(TypeError):
+        convirt_loss(img, txt.double())
+    with pytest.raises(ValueError):
+        convirt_loss(img, txt, tau=0.0)
+
+
+def test_custom_ops_opcheck_and_compile():
+    """The raw ops pass torch.library's checks (schema, fake tensors, autograd registration), and
+    torch.compile traces the public function whole (fullgraph) through them."""
+    img, txt = make_pair(13, 24, torch.float32, seed=6)
+    tau = torch.tensor(0.1)
+    torch.library.opcheck(torch.ops.convirt_fast.loss_fwd.default, (img, txt, tau, 0.75, True, "torch"))
+    loss, *stats = torch.ops.convirt_fast.loss_fwd(img, txt, tau, 0.75, True, "torch")
+    torch.library.opcheck(torch.ops.convirt_fast.loss_bwd.default,
+                          (torch.tensor(1.0), img, txt, tau, *stats, 0.75, True, "torch"))
+    compiled = torch.compile(lambda x, y: convirt_loss(x, y, 0.1, 0.75, backend="torch"),
+                             backend="aot_eager", fullgraph=True)
+    x = img.clone().requires_grad_()
+    out = compiled(x, txt)
+    out.backward()
+    ref = run(convirt_loss_reference, img.double(), txt.double(), 0.1, 0.75, 1.0)
+    assert abs(out.item() - ref[0].item()) < 1e-5 and rel_err(x.grad, ref[1]) < 2e-5
+
+
+class LargestTensor(TorchDispatchMode):
+    """Records the element count of the largest tensor any op produces (forward and backward)."""
+
+    def __init__(self):
+        super().__init__()
+        self.largest = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for t in out if isinstance(out, (tuple, list)) else (out,):
+            if isinstance(t, torch.Tensor):
+                self.largest = max(self.largest, t.numel())
+        return out
+
+
+def test_torch_path_memory_is_bounded(monkeypatch):
+    """No op of the torch path, forward or backward, makes a tensor near N x N: the largest is a
+    chunk of CHUNK_ELEMS logits. The same probe flags the reference's N x N logits. (The probe
+    cannot look inside a custom op, so it runs the ops' implementations directly.)"""
+    from convirt_fast.kernels.convirt_loss import backward_impl, forward_impl
+
+    n, d = 2048, 8
+    monkeypatch.setattr(torch_loss, "CHUNK_ELEMS", 1 << 16)  # N x N / 64
+    img, txt = make_pair(n, d, torch.float32, seed=7)
+    tau = torch.tensor(0.1)
+    with LargestTensor() as probe:
+        loss, *stats = forward_impl(img, txt, tau, 0.75, True, "torch")
+        d_img, d_txt, d_tau = backward_impl(torch.tensor(1.0), img, txt, tau, *stats, 0.75, True, "torch")
+    ref = run(convirt_loss_reference, img.double(), txt.double(), 0.1, 0.75, 1.0)
+    assert abs(loss.item() - ref[0].item()) < 1e-5 and rel_err(d_img, ref[1]) < 1e-4
+    assert probe.largest <= max(1 << 16, n * d), probe.largest
+
+    x, y = img.clone().requires_grad_(), txt.clone().requires_grad_()
+    with LargestTensor() as probe:  # the probe sees an N x N matrix where there is one
+        convirt_loss_reference(x, y, 0.1, 0.75).backward()
+    assert probe.largest >= n * n
+
+
+def test_auto_backend_on_cpu_is_torch():
+    from convirt_fast.kernels.convirt_loss import resolve_backend
+
+    assert resolve_backend("auto", torch.device("cpu")) == "torch"
+    assert resolve_backend("auto", torch.device("cuda", 0)) == "triton"
+
+
+# ----------------------------------------------------------------------------------------- GPU
+GPU_CASES = [(1, 512), (7, 70), (257, 512), (1000, 100), (4097, 512)]
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
+@pytest.mark.parametrize("n,d", GPU_CASES)
+@pytest.mark.parametrize("tau", [0.01, 0.1, 1.0])
+def test_gpu_accuracy_rule(n, d, dtype, tau):
+    """flash-attention's rule: the kernel's error against fp64 is at most 2x (gradients 3x) that of
+    the same computation in plain torch at the input precision (the reference run in `dtype`)."""
+    img, txt = make_pair(n, d, dtype, seed=n + d, device="cuda")
+    got = run(convirt_loss, img, txt, tau, 0.75, 1.3, backend="triton")
+    plain = run(convirt_loss_reference, img, txt, tau, 0.75, 1.3)
+    exact = run(convirt_loss_reference, img.double(), txt.double(), tau, 0.75, 1.3)
+    floor = 1e-6  # both errors at fp32 rounding level
+    assert abs(got[0].item() - exact[0].item()) <= 2 * abs(plain[0].item() - exact[0].item()) + floor * max(1, exact[0].abs().item())
+    if n == 1:
+        return
+    for name, g, p, e in zip(("img", "txt", "tau"), got[1:], plain[1:], exact[1:]):
+        assert rel_err(g, e) <= 3 * rel_err(p, e) + 10 * floor, (name, rel_err(g, e), rel_err(p, e))
+
+
+@pytest.mark.gpu
+def test_gpu_tiny_tau_no_underflow():
+    """As test_tiny_tau_no_underflow at N = 4096: cosines about -0.1 +- 0.04 (a shared direction
+    e pushes every pair apart), logits about -10, and exp(logit - 1/tau) = 0 in fp32."""
+    n, d = 4096, 512
+    g = torch.Generator(device="cuda").manual_seed(0)
+    e = torch.nn.functional.normalize(torch.randn(d, device="cuda", generator=g), dim=0)
+    noise = lambda: torch.nn.functional.normalize(torch.randn(n, d, device="cuda", generator=g), dim=1)
+    img = (math.sqrt(0.9) * noise() + math.sqrt(0.1) * e).to(torch.bfloat16)
+    txt = (math.sqrt(0.9) * noise() - math.sqrt(0.1) * e).to(torch.bfloat16)
+    logits = torch.nn.functional.normalize(img.float(), dim=1) @ torch.nn.functional.normalize(txt.float(), dim=1).t() / 0.01
+    assert (torch.exp(logits - 100).sum(1) == 0).float().mean() > 0.5  # the trap is hit
+    got = run(convirt_loss, img, txt, 0.01, 0.75, 1.0, backend="triton")
+    exact = run(convirt_loss_reference, img.double(), txt.double(), 0.01, 0.75, 1.0)
+    assert torch.isfinite(got[0]) and abs(got[0].item() - exact[0].item()) < 1e-4 * exact[0].abs().item()
+    for g_, e_ in zip(got[1:], exact[1:]):
+        assert torch.isfinite(g_).all() and rel_err(g_, e_) < 3e-2
+
+
+@pytest.mark.gpu
+def test_gpu_memory_no_n_by_n():
+    """At N = 65,536 an N x N fp32 matrix is 16 GiB: peak memory beyond the inputs and their
+    gradients must stay far below one (module docstring: O(N * D) scratch)."""
+    n, d = 65536, 512
+    img, txt = make_pair(n, d, torch.bfloat16, device="cuda")
+    img.requires_grad_()
+    txt.requires_grad_()
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    base = torch.cuda.memory_allocated()
+    convirt_loss(img, txt, 0.1, 0.75).backward()
+    torch.cuda.synchronize()
+    extra = torch.cuda.max_memory_allocated() - base
+    assert extra < 2 * n * d * 2 + (600 << 20), extra / 2**20  # gradients + < 600 MiB scratch
+
+
+@pytest.mark.gpu
+def test_gpu_torch_compile_inductor():
+    img, txt = make_pair(300, 512, torch.bfloat16, device="cuda")
+    compiled = torch.compile(lambda x, y: convirt_loss(x, y, 0.1, 0.75), fullgraph=True)
+    got = run(lambda x, y, t, lam: compiled(x, y), img, txt, 0.1, 0.75, 1.0)
+    eager = run(convirt_loss, img, txt, 0.1, 0.75, 1.0)
+    assert abs(got[0].item() - eager[0].item()) < 1e-5
+    assert rel_err(got[1], eager[1]) < 1e-3
