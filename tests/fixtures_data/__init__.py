@@ -1,0 +1,1 @@
+"""Builders of small fake data trees for the preparation tests (nothing is stored here)."""
