@@ -357,7 +357,7 @@ def _is_abbreviation(text: str, start: int, dot: int) -> bool:
 _MASK64 = (1 << 64) - 1
 
 
-def _splitmix64(x: int) -> int:
+def splitmix64(x: int) -> int:
     x = (x + 0x9E3779B97F4A7C15) & _MASK64
     x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
     x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & _MASK64
@@ -366,10 +366,10 @@ def _splitmix64(x: int) -> int:
 
 def sample_choice(seed: int, epoch: int, report_id: int, draw: int, count: int) -> int:
     """Which of `count` sentences a report gets: uniform, from the 64-bit hash of its key."""
-    key = _splitmix64(seed & _MASK64)
-    key = _splitmix64(key ^ (epoch & _MASK64))
-    key = _splitmix64(key ^ (report_id & _MASK64))
-    key = _splitmix64(key ^ (draw & _MASK64))
+    key = splitmix64(seed & _MASK64)
+    key = splitmix64(key ^ (epoch & _MASK64))
+    key = splitmix64(key ^ (report_id & _MASK64))
+    key = splitmix64(key ^ (draw & _MASK64))
     return (key * count) >> 64
 
 

@@ -1,0 +1,255 @@
+"""The training loader: per step, this rank's batch of studies as augmented images on the
+device, one sampled sentence per study tokenized, and the study rows.
+
+    loader = ConVIRTLoader(manifest, tokenizer, batch_size=32, device="cuda", rank=r, world_size=R)
+    for batch in loader:            # one epoch from the current position
+        batch["images"]             # (B, 1, S, S) float32 on the device, normalised
+        batch["input_ids"], batch["attention_mask"]   # (B, T) on the device
+        batch["rows"]               # (B,) manifest rows of the studies
+    state = loader.state_dict()     # resume: ConVIRTLoader(...).load_state_dict(state)
+
+Work split: DataLoader workers read files (decode them for the torch backend; for DALI only
+read the bytes and the size in the header), sample sentences, tokenize and draw the
+augmentation parameters; the main process runs the augmentation on the device (torch backend)
+or the DALI pipeline. An image that cannot be read is replaced by another study, counted and
+reported, never a crash.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from convirt_fast.data.augment import AugmentSpec, eval_matrix, sample_params
+from convirt_fast.data.augment_dali import DaliAugmenter, dali_available
+from convirt_fast.data.augment_torch import augment_batch, eval_batch, to_unit_float
+from convirt_fast.data.image_decode import ImageError, image_size, pad_batch, read_image
+from convirt_fast.data.study_sampler import StudySampler, derive_seed
+
+log = logging.getLogger(__name__)
+
+BACKENDS = ("auto", "dali", "torch")
+# Unreadable images in a row before a batch gives up (then the data set is mostly broken).
+_MAX_REPLACEMENTS = 16
+
+
+def resolve_backend(backend: str, device: torch.device) -> str:
+    """auto: DALI when it is installed and the device is a GPU, else torch."""
+    if backend not in BACKENDS:
+        raise ValueError(f"data.backend must be one of {BACKENDS}, got {backend!r}")
+    if backend == "auto":
+        return "dali" if device.type == "cuda" and dali_available() else "torch"
+    if backend == "dali" and not dali_available():
+        raise ImportError("data.backend=dali needs NVIDIA DALI: pip install -e '.[dali]'")
+    return backend
+
+
+@dataclass
+class _BatchPlan:
+    """What the workers need, picklable (no open files, no C++ objects)."""
+
+    images: list[list[str]]
+    sentence_index: str
+    sampler: StudySampler
+    spec: AugmentSpec
+    train: bool
+    read_bytes: bool
+    tokenizer: object
+    max_length: int
+    epoch: int = 0
+    share: list[int] = field(default_factory=list)
+
+
+class _EpochBatches(Dataset):
+    def __init__(self, plan: _BatchPlan):
+        self.plan = plan
+        self._index = None
+
+    def __len__(self) -> int:
+        return self.plan.sampler.num_batches()
+
+    def _sentence_index(self):
+        if self._index is None:  # memory-mapped once per worker
+            from convirt_fast.text import SentenceIndex
+
+            self._index = SentenceIndex.load(self.plan.sentence_index)
+        return self._index
+
+    def _read(self, row: int, epoch: int):
+        plan = self.plan
+        paths = plan.images[row]
+        path = paths[plan.sampler.image_choice(epoch, row, len(paths)) if plan.train else 0]
+        if plan.read_bytes:
+            height, width = image_size(path)
+            data = np.fromfile(path, dtype=np.uint8)
+            if data.size == 0:
+                raise ImageError(f"{path}: empty file")
+            return data, height, width
+        pixels = read_image(path)
+        return pixels, pixels.shape[0], pixels.shape[1]
+
+    def __getitem__(self, b: int) -> dict:
+        plan, epoch = self.plan, self.plan.epoch
+        rows, items, problems = [], [], []
+        for row in plan.sampler.batch(epoch, b, plan.share):
+            for attempt in range(_MAX_REPLACEMENTS + 1):
+                try:
+                    items.append(self._read(row, epoch))
+                    rows.append(row)
+                    break
+                except ImageError as error:
+                    problems.append((row, str(error)))
+                    row = plan.sampler.replacement(epoch, row, attempt)
+            else:
+                raise RuntimeError(f"{_MAX_REPLACEMENTS + 1} unreadable images in a row; last: {problems[-1][1]}")
+        heights = torch.tensor([h for _, h, _ in items])
+        widths = torch.tensor([w for _, _, w in items])
+        out: dict = {"batch": b, "rows": torch.tensor(rows), "problems": problems}
+        if plan.train:
+            generator = torch.Generator().manual_seed(derive_seed(plan.sampler.seed, epoch, plan.sampler.rank, b))
+            out["params"] = sample_params(heights, widths, plan.spec, generator)
+        else:
+            out["matrix"] = eval_matrix(heights, widths, plan.spec.output_size)
+        if plan.read_bytes:
+            out["encoded"] = [data for data, _, _ in items]
+        else:
+            out["pixels"], _, _, out["max_value"] = pad_batch([data for data, _, _ in items])
+        sentences = self._sentence_index().sample(rows, seed=plan.sampler.seed, epoch=epoch)
+        tokens = plan.tokenizer(sentences, padding="longest", truncation=True, max_length=plan.max_length, return_tensors="pt")
+        out["input_ids"], out["attention_mask"] = tokens["input_ids"], tokens["attention_mask"]
+        out["sentences"] = sentences
+        return out
+
+
+def _no_collate(batch):
+    return batch
+
+
+class ConVIRTLoader:
+    """Batches of (augmented image, sampled sentence) pairs for one rank; see the module doc."""
+
+    def __init__(self, manifest, tokenizer, *, split: str = "train", batch_size: int = 32,
+                 augment: AugmentSpec | None = None, train: bool = True, backend: str = "auto",
+                 device: str | torch.device = "cpu", num_workers: int = 2, seed: int = 0, rank: int = 0,
+                 world_size: int = 1, drop_last: bool | None = None, max_length: int = 64):
+        from convirt_fast.text import SentenceIndex
+
+        self.device = torch.device(device)
+        self.backend = resolve_backend(backend, self.device)
+        self.spec = augment or AugmentSpec()
+        self.train = train
+        self.num_workers = num_workers
+        index_path = Path(manifest.sentence_index_path)
+        index = SentenceIndex.load(index_path)
+        if len(index) != len(manifest):
+            raise ValueError(f"{index_path}: {len(index)} reports for {len(manifest)} manifest rows (stale index?)")
+        empty = set(index.empty_report_ids())
+        split_rows = manifest.split_indices(split)
+        rows = [i for i in split_rows if i not in empty and manifest.studies[i].images]
+        if not rows:
+            raise ValueError(f"{manifest.root}: no study of split {split!r} has an image and a sentence")
+        self.excluded_without_text = len(split_rows) - len(rows)
+        sampler = StudySampler(rows, batch_size, seed=seed, rank=rank, world_size=world_size,
+                               drop_last=train if drop_last is None else drop_last)
+        images = [[str(p) for p in manifest.image_paths(i)] for i in range(len(manifest))]
+        self._plan = _BatchPlan(images, str(index_path), sampler, self.spec, train,
+                                read_bytes=self.backend == "dali", tokenizer=tokenizer, max_length=max_length)
+        self.sampler = sampler
+        self.epoch = 0
+        self.position = 0  # next batch index within the epoch
+        self.replaced: Counter = Counter()  # unreadable file -> times replaced
+        self._dali = None
+
+    # -- iteration -----------------------------------------------------------------------------
+
+    def __len__(self) -> int:
+        return self.sampler.num_batches()
+
+    def __iter__(self):
+        """The rest of the current epoch; at its end the loader moves to the next epoch."""
+        plan = self._plan
+        plan.epoch = self.epoch
+        plan.share = self.sampler.share(self.epoch) if self.train else self._ordered_share()
+        remaining = list(range(self.position, len(self)))
+        loader = DataLoader(_EpochBatches(plan), batch_size=None, sampler=remaining, num_workers=self.num_workers,
+                            collate_fn=_no_collate, pin_memory=self.device.type == "cuda",
+                            persistent_workers=False)
+        for raw in loader:
+            batch = self._finish(raw)
+            self.position += 1
+            yield batch
+        self.epoch += 1
+        self.position = 0
+
+    def _ordered_share(self) -> list[int]:
+        """Evaluation order: manifest order, split across ranks like the training shares."""
+        s = self.sampler
+        per_rank = len(s.rows) // s.world_size
+        return s.rows[s.rank :: s.world_size][:per_rank]
+
+    def _finish(self, raw: dict, force_torch: bool = False) -> dict:
+        for row, message in raw.pop("problems"):
+            path = message.split(":")[0]
+            if self.replaced[path] == 0:
+                log.warning("skipping unreadable image (study row %d replaced): %s", row, message)
+            self.replaced[path] += 1
+        images = None
+        if self.backend == "dali" and not force_torch:
+            try:
+                images = self._run_dali(raw)
+            except RuntimeError as error:
+                # A file that passed the header check but does not decode (truncated JPEG):
+                # redo this batch on the torch path, whose full decode finds and replaces it.
+                log.warning("DALI failed on batch %d of epoch %d, redoing it with the torch backend: %s",
+                            raw["batch"], self.epoch, str(error).splitlines()[0])
+                self._dali = None
+                raw = _EpochBatches(dataclasses.replace(self._plan, read_bytes=False))[raw["batch"]]
+                return self._finish(raw, force_torch=True)
+        if images is None:
+            pixels = to_unit_float(raw.pop("pixels").to(self.device, non_blocking=True), raw.pop("max_value"))
+            if self.train:
+                images = augment_batch(pixels, raw["params"], self.spec)
+            else:
+                images = eval_batch(pixels, raw["matrix"], self.spec)
+        return {
+            "images": images,
+            "input_ids": raw["input_ids"].to(self.device, non_blocking=True),
+            "attention_mask": raw["attention_mask"].to(self.device, non_blocking=True),
+            "rows": raw["rows"],
+            "sentences": raw["sentences"],
+        }
+
+    def _run_dali(self, raw: dict) -> torch.Tensor:
+        if self._dali is None:
+            device_id = (self.device.index or 0) if self.device.type == "cuda" else None
+            self._dali = DaliAugmenter(self.spec, self.sampler.batch_size, device_id=device_id,
+                                       num_threads=max(1, self.num_workers))
+        encoded = raw.pop("encoded")
+        if self.train:
+            p = raw["params"]
+            return self._dali(encoded, p.matrix, p.brightness, p.contrast, p.blur_sigma)
+        return self._dali.evaluate(encoded, raw["matrix"])
+
+    # -- resume --------------------------------------------------------------------------------
+
+    def state_dict(self) -> dict:
+        s = self.sampler
+        return {"epoch": self.epoch, "position": self.position, "seed": s.seed, "rank": s.rank,
+                "world_size": s.world_size, "num_rows": len(s.rows), "batch_size": s.batch_size,
+                "replaced": dict(self.replaced)}
+
+    def load_state_dict(self, state: dict) -> None:
+        s = self.sampler
+        expected = {"seed": s.seed, "world_size": s.world_size, "num_rows": len(s.rows), "batch_size": s.batch_size}
+        different = {k: (state.get(k), v) for k, v in expected.items() if state.get(k) != v}
+        if different:
+            raise ValueError(f"loader state from another setup (saved, now): {different}")
+        self.epoch, self.position = int(state["epoch"]), int(state["position"])
+        self.replaced = Counter(state.get("replaced", {}))
