@@ -197,10 +197,10 @@ def resolve_backend(backend: str, device: torch.device) -> str:
     return backend
 
 
-def check_inputs(img: Tensor, txt: Tensor, lam: float) -> None:
+def check_inputs(img: Tensor, txt: Tensor, lam: float, min_rows: int = 1) -> None:
     if img.dim() != 2 or img.shape != txt.shape:
         raise ValueError(f"img and txt must both be (N, D); got {tuple(img.shape)} and {tuple(txt.shape)}")
-    if img.shape[0] < 1 or img.shape[1] < 1:
+    if img.shape[0] < min_rows or img.shape[1] < 1:
         raise ValueError(f"need N >= 1 pairs and D >= 1; got {tuple(img.shape)}")
     if img.dtype not in (torch.float32, torch.bfloat16, torch.float16) or txt.dtype != img.dtype:
         raise TypeError(f"img and txt must share one dtype of fp32/bf16/fp16; got {img.dtype}, {txt.dtype}")

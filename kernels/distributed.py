@@ -133,7 +133,7 @@ def convirt_loss_gathered(img: Tensor, txt: Tensor, tau: float | Tensor = 0.1, l
     """
     if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size(group) == 1:
         return convirt_loss(img, txt, tau, lam, normalize=normalize, backend=backend)
-    check_inputs(img, txt, lam)
+    check_inputs(img, txt, lam, min_rows=0)  # an empty rank is refused on every rank, after the sizes
     backend = resolve_backend(backend, img.device)
     return GatheredConVIRTLossFunction.apply(
         img, txt, tau_tensor(tau, img.device), float(lam), normalize, backend, group)
