@@ -97,6 +97,13 @@ def is_valid_output(path: Path, long_side: int = LONG_SIDE) -> bool:
         return False
 
 
+def _usable_as_is(src: Path, fmt: str, long_side: int) -> bool:
+    """Decodes `src` in full (so a truncated file is caught) and says whether it can be copied."""
+    with Image.open(src) as img:
+        img.load()
+        return img.format == fmt and max(img.size) <= long_side and img.mode in ("L", *SIXTEEN_BIT_MODES)
+
+
 def resize_one(task: ResizeTask, long_side: int = LONG_SIDE) -> ResizeResult:
     if task.dst.exists() and is_valid_output(task.dst, long_side):
         return ResizeResult(task, ok=True, skipped=True)
@@ -105,8 +112,14 @@ def resize_one(task: ResizeTask, long_side: int = LONG_SIDE) -> ResizeResult:
             return ResizeResult(task, ok=False, reason=R.MISSING_IMAGE, detail="no such file")
         if task.src.stat().st_size == 0:
             return ResizeResult(task, ok=False, reason=R.EMPTY_FILE, detail="zero-byte file")
-        img = decode_resized(task.src, long_side)
         fmt = "JPEG" if task.dst.suffix.lower() in (".jpg", ".jpeg") else "PNG"
+        if _usable_as_is(task.src, fmt, long_side):
+            # Already small, one channel, right format: keep the bytes (no second JPEG loss;
+            # the same image prepared twice stays byte-identical, which `check` relies on).
+            with atomic_write(task.dst, "wb", fsync=False) as f:
+                f.write(task.src.read_bytes())
+            return ResizeResult(task, ok=True)
+        img = decode_resized(task.src, long_side)
         with atomic_write(task.dst, "wb", fsync=False) as f:
             img.save(f, format=fmt, **({"quality": JPEG_QUALITY} if fmt == "JPEG" else {}))
         return ResizeResult(task, ok=True)
