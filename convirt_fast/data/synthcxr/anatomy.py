@@ -129,21 +129,24 @@ def lateral_border_x(a: Anatomy, side: int, y):
     return np.where(y < a.apex_y, 0.0, w)
 
 
-def heart_outline(a: Anatomy, n: int = 40) -> np.ndarray:
+_HEART_TH = np.linspace(0, 2 * np.pi, 40, endpoint=False)
+_HEART_TILT = np.deg2rad(18)  # long axis runs from upper right to lower left (patient)
+_HEART_COS, _HEART_SIN = np.cos(_HEART_TH), np.sin(_HEART_TH)
+
+
+def heart_outline(a: Anatomy) -> np.ndarray:
     """The cardiac silhouette: a tilted ellipse whose apex points down and to the patient's
     left, its lower part hidden below the left hemidiaphragm."""
     w = a.heart_width()
     hx = a.cx + w * (0.5 - a.heart_shift)
     hh = a.heart_height
     hy = a.dome_y[LEFT] - 0.55 * hh
-    th = np.linspace(0, 2 * np.pi, n, endpoint=False)
-    ex, ey = 0.5 * w * np.cos(th), hh * np.sin(th)
-    tilt = np.deg2rad(18)  # long axis runs from upper right to lower left (patient)
-    x = hx + ex * np.cos(tilt) - ey * np.sin(tilt)
-    y = hy + ex * np.sin(tilt) + ey * np.cos(tilt)
+    ex, ey = 0.5 * w * _HEART_COS, hh * _HEART_SIN
+    ct, st = np.cos(_HEART_TILT), np.sin(_HEART_TILT)
+    x = ex * ct - ey * st
+    y = hy + ex * st + ey * ct
     # The ellipse is tilted, so rescale x to keep the intended transverse diameter (the CTR).
-    span = x.max() - x.min()
-    x = hx + (x - hx) * (w / span)
+    x = hx + x * (w / (x.max() - x.min()))
     return np.stack([x, y], 1)
 
 

@@ -47,7 +47,7 @@ class Finding:
 
 
 def sample_finding(name: str, rng: np.random.Generator) -> Finding:
-    side = int(rng.choice([RIGHT, LEFT]))
+    side = (RIGHT, LEFT)[int(rng.integers(2))]
     if name == CARDIOMEGALY:
         return Finding(name, (), {"ctr": float(rng.uniform(0.57, 0.68))})
     if name == EFFUSION:
@@ -58,7 +58,7 @@ def sample_finding(name: str, rng: np.random.Generator) -> Finding:
     if name == EDEMA:
         return Finding(name, (RIGHT, LEFT), {"severity": float(rng.uniform(0.65, 1.0)), "kerley": int(rng.integers(4, 9))})
     if name == PNEUMONIA:
-        lobe = str(rng.choice(LOBES[side]))
+        lobe = LOBES[side][int(rng.integers(len(LOBES[side])))]
         return Finding(name, (side,), {"lobe": lobe, "density": float(rng.uniform(0.75, 0.92))})
     if name == ATELECTASIS:
         return Finding(

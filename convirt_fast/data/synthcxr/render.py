@@ -61,7 +61,7 @@ def sample_nuisance(rng: np.random.Generator) -> Nuisance:
         ecg=bool(rng.random() < 0.15),
         central_line=bool(rng.random() < 0.2),
         ng_tube=bool(rng.random() < 0.12),
-        marker=str(rng.choice(["L", "R", ""])),
+        marker=("L", "R", "")[int(rng.integers(3))],
     )
 
 
@@ -274,32 +274,49 @@ def _apply_volume_changes(a: Anatomy, by_name: dict[str, F.Finding]) -> None:
         a.cx += at.sides[0] * at.params["shift"]
 
 
+STEPS = 32  # samples per rib spacing in the rib profile tables
+
+
+@lru_cache(maxsize=1)
+def _rib_tables() -> tuple[np.ndarray, np.ndarray]:
+    """Bone density against rib phase (STEPS samples per rib, one empty rib of padding on each
+    side, so out-of-range phases index zeros): posterior ribs (a triangle across the rib whose
+    cortex, its edges, is brighter than the medulla) and the fainter anterior ribs."""
+    frac = (np.arange(STEPS) + 0.5) / STEPS
+    band = np.clip(1 - np.abs(frac - 0.16) / 0.16, 0, 1)
+    posterior = (band > 0) * (0.6 + 0.8 * (1 - band) ** 2)
+    anterior = 0.35 * (frac < 0.22)
+    pad = np.zeros(STEPS)
+    post = np.concatenate([pad, np.tile(posterior, N_RIBS), pad]).astype(np.float32)
+    ant = np.concatenate([pad, pad, np.tile(anterior, 6), pad]).astype(np.float32)  # ribs 2-7
+    return post, ant
+
+
 def _ribs(c: _Canvas, fracture: F.Finding | None) -> np.ndarray:
     """Posterior ribs: arcs from the spine that rise slightly, then curve down to the chest
-    wall; a rib's phase field gives all ten per side in a few array operations. Cortex
-    (the rib's edges) is brighter than the medulla."""
+    wall. A rib's phase (rib spacings below the first rib, along the arc) indexes a profile
+    table, which gives all ribs of both sides in a few array operations."""
     a, x, y = c.a, c.x, c.y
     dx = np.abs(x - a.cx)
     arc = a.rib_curve * ((dx - 0.1) ** 2 - 0.01)
-    phase = (y - a.rib_y0 - arc) / a.rib_spacing
+    phase = (y - a.rib_y0 - arc) * (1 / a.rib_spacing)
+    gap = None
     if fracture is not None and fracture.params["kind"] == "ribs":
         phase, gap = _rib_fracture(c, fracture, phase, dx)
-    else:
-        gap = None
-    frac = phase - np.floor(phase)
-    band = np.clip(1 - np.abs(frac - 0.16) / 0.16, 0, 1)  # triangle across the rib
-    bone = (band > 0) * (0.6 + 0.8 * (1 - band) ** 2)  # cortex brighter than medulla
-    # Anterior ribs: fainter, running down toward the midline.
-    ant = (y - a.rib_y0 - 0.3 * (0.38 - dx)) / (a.rib_spacing * 1.3)
-    ant_frac = ant - np.floor(ant)
-    bone = bone + 0.35 * (ant_frac < 0.22) * (dx > 0.12) * (ant > 1) * (ant < 7)
-    reach = np.maximum(lateral_border_x(a, RIGHT, c.y), lateral_border_x(a, LEFT, c.y)) + 0.035
-    below = c.y < a.costophrenic_y(RIGHT) + 0.04
-    inside = (dx < reach) & (dx > 0.035) & (phase > 0) & (phase < N_RIBS) & below
+    post, ant_table = _rib_tables()
+    idx = np.clip(((phase + 1) * STEPS).astype(np.int32), 0, len(post) - 1)
+    bone = post[idx]
+    # Anterior ribs: fainter, running down toward the midline (lateral half of the chest).
+    ant = (y - a.rib_y0 - 0.3 * (0.38 - dx)) * (STEPS / (a.rib_spacing * 1.3)) + STEPS
+    ant_idx = np.clip(ant.astype(np.int32), 0, len(ant_table) - 1)
+    bone += ant_table[ant_idx] * (dx > 0.12)
+    # The left hemithorax reaches lower (its dome sits lower); one extent serves both sides.
+    reach = np.where(y < a.costophrenic_y(RIGHT) + 0.04, lateral_border_x(a, LEFT, y) + 0.035, 0.0)
+    inside = (dx < reach) & (dx > 0.035)
     # Over the lungs ribs stand out; over soft tissue they barely do.
-    bone = bone * inside * (0.35 + 0.65 * (c.lung[RIGHT] + c.lung[LEFT]))
+    bone *= inside * (0.35 + 0.65 * (c.lung[RIGHT] + c.lung[LEFT]))
     if gap is not None:
-        bone = bone * (1 - gap)
+        bone *= 1 - gap
     return bone
 
 
