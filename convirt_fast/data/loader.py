@@ -121,10 +121,12 @@ class _EpochBatches(Dataset):
             out["encoded"] = [data for data, _, _ in items]
         else:
             out["pixels"], _, _, out["max_value"] = pad_batch([data for data, _, _ in items])
-        sentences = self._sentence_index().sample(rows, seed=plan.sampler.seed, epoch=epoch)
-        tokens = plan.tokenizer(sentences, padding="longest", truncation=True, max_length=plan.max_length, return_tensors="pt")
-        out["input_ids"], out["attention_mask"] = tokens["input_ids"], tokens["attention_mask"]
-        out["sentences"] = sentences
+        if plan.tokenizer is not None:
+            sentences = self._sentence_index().sample(rows, seed=plan.sampler.seed, epoch=epoch)
+            tokens = plan.tokenizer(sentences, padding="longest", truncation=True, max_length=plan.max_length,
+                                    return_tensors="pt")
+            out["input_ids"], out["attention_mask"] = tokens["input_ids"], tokens["attention_mask"]
+            out["sentences"] = sentences
         return out
 
 
@@ -133,7 +135,11 @@ def _no_collate(batch):
 
 
 class ConVIRTLoader:
-    """Batches of (augmented image, sampled sentence) pairs for one rank; see the module doc."""
+    """Batches of (augmented image, sampled sentence) pairs for one rank; see the module doc.
+
+    With `tokenizer=None` it loads images only (no "input_ids", "attention_mask", "sentences"),
+    e.g. for evaluation sets whose studies have no report.
+    """
 
     def __init__(self, manifest, tokenizer, *, split: str = "train", batch_size: int = 32,
                  augment: AugmentSpec | None = None, train: bool = True, backend: str = "auto",
@@ -147,10 +153,12 @@ class ConVIRTLoader:
         self.train = train
         self.num_workers = num_workers
         index_path = Path(manifest.sentence_index_path)
-        index = SentenceIndex.load(index_path)
-        if len(index) != len(manifest):
-            raise ValueError(f"{index_path}: {len(index)} reports for {len(manifest)} manifest rows (stale index?)")
-        empty = set(index.empty_report_ids())
+        empty: set[int] = set()
+        if tokenizer is not None:  # pairs: studies need a sentence
+            index = SentenceIndex.load(index_path)
+            if len(index) != len(manifest):
+                raise ValueError(f"{index_path}: {len(index)} reports for {len(manifest)} manifest rows (stale index?)")
+            empty = set(index.empty_report_ids())
         split_rows = manifest.split_indices(split)
         rows = [i for i in split_rows if i not in empty and manifest.studies[i].images]
         if not rows:
@@ -218,13 +226,12 @@ class ConVIRTLoader:
                 images = augment_batch(pixels, raw["params"], self.spec)
             else:
                 images = eval_batch(pixels, raw["matrix"], self.spec)
-        return {
-            "images": images,
-            "input_ids": raw["input_ids"].to(self.device, non_blocking=True),
-            "attention_mask": raw["attention_mask"].to(self.device, non_blocking=True),
-            "rows": raw["rows"],
-            "sentences": raw["sentences"],
-        }
+        batch = {"images": images, "rows": raw["rows"]}
+        if "input_ids" in raw:
+            batch["input_ids"] = raw["input_ids"].to(self.device, non_blocking=True)
+            batch["attention_mask"] = raw["attention_mask"].to(self.device, non_blocking=True)
+            batch["sentences"] = raw["sentences"]
+        return batch
 
     def _run_dali(self, raw: dict) -> torch.Tensor:
         if self._dali is None:

@@ -1,0 +1,192 @@
+"""The training loader on prepared data: shapes, determinism, sharding, resume, bad images."""
+
+import shutil
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from convirt_fast.data.augment_dali import dali_available
+from convirt_fast.data.loader import ConVIRTLoader, resolve_backend
+from convirt_fast.data.manifest import load_manifest
+from convirt_fast.data.study_sampler import StudySampler
+from convirt_fast.text.tokenizer import train_wordpiece
+
+BACKENDS = ["torch", pytest.param("dali", marks=pytest.mark.skipif(not dali_available(), reason="DALI not installed"))]
+
+
+def prepare(*args):
+    subprocess.run([sys.executable, "-m", "convirt_fast.prepare", *args, "--no-progress", "--workers", "1"],
+                   check=True, capture_output=True)
+
+
+@pytest.fixture(scope="module")
+def synth(tmp_path_factory):
+    out = tmp_path_factory.mktemp("synth")
+    prepare("synthetic", "--n", "60", "--size", "128", "--out", str(out))
+    return load_manifest(out)
+
+
+@pytest.fixture(scope="module")
+def covid(tmp_path_factory, shared_data):
+    out = tmp_path_factory.mktemp("covid")
+    prepare("csv", "--csv", str(shared_data / "covid-cxr" / "pairs.csv"), "--image-col", "image",
+            "--text-col", "notes", "--patient-col", "patient_id", "--out", str(out))
+    return load_manifest(out)
+
+
+@pytest.fixture(scope="module")
+def tokenizer(synth):
+    return train_wordpiece([s.report for s in synth.studies], vocab_size=1000)
+
+
+def make(manifest, tokenizer, **kw):
+    kw.setdefault("batch_size", 8)
+    kw.setdefault("num_workers", 0)
+    kw.setdefault("backend", "torch")
+    return ConVIRTLoader(manifest, tokenizer, **kw)
+
+
+def collect(loader, limit=None):
+    out = []
+    for batch in loader:
+        out.append(batch)
+        if limit is not None and len(out) == limit:
+            break
+    return out
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("data", ["synth", "covid"])
+def test_batches(request, tokenizer, backend, data):
+    manifest = request.getfixturevalue(data)
+    loader = make(manifest, tokenizer, backend=backend)
+    batches = collect(loader)
+    assert len(batches) == len(loader) > 0
+    for batch in batches:
+        images = batch["images"]
+        assert images.shape == (8, 1, 224, 224) and images.dtype == torch.float32
+        # normalised [0, 1] pixels: (x - 0.449) / 0.226 lies in [-1.99, 2.44]
+        assert images.min() >= -0.449 / 0.226 - 1e-4 and images.max() <= 0.551 / 0.226 + 1e-4
+        assert images.std() > 0.1
+        assert batch["input_ids"].shape == batch["attention_mask"].shape and batch["input_ids"].shape[0] == 8
+        assert (batch["attention_mask"].sum(1) >= 3).all()  # [CLS] + at least one token + [SEP]
+        for row, sentence in zip(batch["rows"].tolist(), batch["sentences"]):
+            assert manifest.studies[row].split == "train"
+    rows = torch.cat([b["rows"] for b in batches])
+    assert len(set(rows.tolist())) == len(rows)  # one epoch: each study at most once
+
+
+def test_seeded_and_different_across_epochs(synth, tokenizer):
+    a = collect(make(synth, tokenizer, seed=3))
+    b = collect(make(synth, tokenizer, seed=3))
+    for x, y in zip(a, b):
+        assert torch.equal(x["images"], y["images"]) and torch.equal(x["input_ids"], y["input_ids"])
+    loader = make(synth, tokenizer, seed=3)
+    first, second = collect(loader), collect(loader)
+    assert loader.epoch == 2
+    assert not torch.equal(first[0]["rows"], second[0]["rows"])
+    assert not torch.equal(first[0]["images"], second[0]["images"])
+    other_seed = collect(make(synth, tokenizer, seed=4))
+    assert not torch.equal(other_seed[0]["rows"], a[0]["rows"])
+
+
+def test_workers_do_not_change_the_batches(synth, tokenizer):
+    a = collect(make(synth, tokenizer, num_workers=0))
+    b = collect(make(synth, tokenizer, num_workers=2))
+    for x, y in zip(a, b):
+        assert torch.equal(x["rows"], y["rows"]) and torch.allclose(x["images"], y["images"])
+        assert x["sentences"] == y["sentences"]
+
+
+def test_two_ranks_get_disjoint_shares_covering_the_epoch(synth, tokenizer):
+    shares = []
+    for rank in range(2):
+        loader = make(synth, tokenizer, rank=rank, world_size=2, batch_size=5, drop_last=False)
+        shares.append(torch.cat([b["rows"] for b in collect(loader)]).tolist())
+    train_rows = set(synth.split_indices("train"))
+    assert len(shares[0]) == len(shares[1])
+    assert not set(shares[0]) & set(shares[1])
+    assert len(train_rows - set(shares[0]) - set(shares[1])) <= 1  # an odd study out, at most
+
+
+def test_sampler_shares_every_epoch():
+    for n, world in [(10, 2), (11, 2), (64, 4)]:
+        for epoch in range(3):
+            shares = [StudySampler(list(range(n)), 4, seed=1, rank=r, world_size=world).share(epoch) for r in range(world)]
+            flat = [x for s in shares for x in s]
+            assert len(flat) == len(set(flat)) == world * (n // world)
+
+
+def test_resume_continues_exactly(synth, tokenizer):
+    straight = make(synth, tokenizer, seed=5)
+    expected = collect(straight) + collect(straight)  # two epochs
+    first = make(synth, tokenizer, seed=5)
+    head = collect(first, limit=len(first) + 2)  # into the second epoch
+    state = first.state_dict()
+    resumed = make(synth, tokenizer, seed=5)
+    resumed.load_state_dict(state)
+    tail = collect(resumed)
+    got = head + tail
+    assert len(got) == len(expected)
+    for x, y in zip(got, expected):
+        assert torch.equal(x["rows"], y["rows"]) and torch.equal(x["images"], y["images"])
+        assert x["sentences"] == y["sentences"]
+
+
+def test_resume_refuses_another_setup(synth, tokenizer):
+    state = make(synth, tokenizer, seed=5).state_dict()
+    with pytest.raises(ValueError, match="another setup"):
+        make(synth, tokenizer, seed=6).load_state_dict(state)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_bad_images_are_replaced_and_counted(synth, tokenizer, tmp_path, backend):
+    root = tmp_path / "broken"
+    shutil.copytree(synth.root, root)
+    manifest = load_manifest(root)
+    train = manifest.split_indices("train")
+    broken = {}
+    for row, damage in zip(train[:3], ["empty", "garbage", "truncated"]):
+        path = manifest.image_paths(row)[0]
+        data = path.read_bytes()
+        path.write_bytes({"empty": b"", "garbage": b"\x00" * 500, "truncated": data[: len(data) // 3]}[damage])
+        broken[str(path)] = damage
+    loader = make(manifest, tokenizer, backend=backend, drop_last=False)  # visit every study
+    batches = collect(loader)
+    rows = torch.cat([b["rows"] for b in batches]).tolist()
+    assert not set(train[:3]) & set(rows)
+    assert len(rows) == len(train)  # each broken study was replaced, none dropped
+    assert all(b["images"].shape[0] == len(b["rows"]) for b in batches)
+    assert set(loader.replaced) == set(broken)
+    assert loader.state_dict()["replaced"] == loader.replaced
+
+
+@pytest.mark.skipif(not dali_available(), reason="DALI not installed")
+def test_backends_agree_on_the_same_images(covid, tokenizer):
+    torch_batches = collect(make(covid, tokenizer, backend="torch", seed=2))
+    dali_batches = collect(make(covid, tokenizer, backend="dali", seed=2))
+    for t, d in zip(torch_batches, dali_batches):
+        assert torch.equal(t["rows"], d["rows"])
+        # Same parameters: pixel differences come from interpolation details only.
+        assert (t["images"] - d["images"]).abs().mean() < 0.01
+    t_all = torch.cat([b["images"] for b in torch_batches])
+    d_all = torch.cat([b["images"] for b in dali_batches])
+    assert abs(t_all.mean() - d_all.mean()) < 0.01 and abs(t_all.std() - d_all.std()) < 0.01
+
+
+def test_evaluation_order_and_transform(synth, tokenizer):
+    loader = make(synth, tokenizer, split="validate", train=False, batch_size=4)
+    batches = collect(loader)
+    rows = torch.cat([b["rows"] for b in batches]).tolist()
+    assert rows == sorted(rows)
+    again = collect(make(synth, tokenizer, split="validate", train=False, batch_size=4))
+    assert all(torch.equal(x["images"], y["images"]) for x, y in zip(batches, again))
+
+
+def test_backend_resolution():
+    assert resolve_backend("torch", torch.device("cuda")) == "torch"
+    assert resolve_backend("auto", torch.device("cpu")) == "torch"
+    with pytest.raises(ValueError, match="data.backend"):
+        resolve_backend("opencv", torch.device("cpu"))
