@@ -47,7 +47,8 @@ def prologue(X: torch.Tensor, Y: torch.Tensor, tau: torch.Tensor, normalize: boo
 
 def _logits(X, Y, a, b, tau):
     cd = compute_dtype(X)
-    return (X.to(cd) @ Y.to(cd).t()).float() * (a / tau.float())[:, None] * b[None, :]
+    s = (X.to(cd) @ Y.to(cd).t()).float()
+    return s.mul_((a / tau.float())[:, None]).mul_(b[None, :])  # in place: one chunk-sized tensor
 
 
 def lse(X, Y, a, b, tau, diag=None, lam=None):
@@ -75,13 +76,17 @@ def grad_strip(X, Y, a, b, tau, r, c, d_row, d_col, lam: float, offset: int, c0:
     hs = sum_ij (N dL/dS_ij) S_ij over the strip in fp32 (for d tau; written without the -1 of the
     positives, which rounds away, as in triton_loss._grad_strip_kernel)."""
     s = _logits(X, Y[c0:c1], a, b[c0:c1], tau)
-    p = lam * torch.exp(s - r[:, None])
-    q = (1.0 - lam) * torch.exp(s - c[None, c0:c1])
+    p = torch.sub(s, r[:, None]).exp_().mul_(lam)
+    q = torch.sub(s, c[None, c0:c1]).exp_().mul_(1.0 - lam)
     # positives: column offset + i of row i, where it falls inside this strip
     i = torch.arange(max(c0 - offset, 0), min(c1 - offset, X.shape[0]), device=X.device)
-    hs_terms = p * (s - d_row[:, None]) + q * (s - d_col[None, c0:c1])
-    hs_terms[i, i + offset - c0] = 0.0  # a positive's own term is exactly 0
-    hs = hs_terms.sum()
+    j = i + offset - c0
+    t = s.sub_(d_row[:, None])  # s is no longer needed: t = S_ij - S_ii, then S_ij - S_jj
+    t[i, j] = 0.0  # a positive's own term is exactly 0
+    hs = torch.dot(p.flatten(), t.flatten())
+    t.add_(d_row[:, None]).sub_(d_col[None, c0:c1])
+    t[i, j] = 0.0
+    hs = hs + torch.dot(q.flatten(), t.flatten())
     h = p.add_(q)
-    h[i, i + offset - c0] -= 1.0
+    h[i, j] -= 1.0
     return (h.mul_(h_scale)).to(compute_dtype(X)), hs
