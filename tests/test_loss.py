@@ -167,6 +167,31 @@ def test_triton_multi_program_rows_and_strips(monkeypatch):
         assert rel_err(g, r) < 2e-5
 
 
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+def test_replaces_open_clip_cliploss(backend):
+    """docs/loss.md's recipe: open_clip's ClipLoss (normalised features, logit_scale = 1/tau,
+    mean of both directions) equals convirt_loss(tau=1/logit_scale, lam=0.5, normalize=False),
+    value and gradients, the learnable logit_scale's included."""
+    img, txt = make_pair(45, 32, torch.float32, seed=8)
+    img = torch.nn.functional.normalize(img, dim=1).requires_grad_()
+    txt = torch.nn.functional.normalize(txt, dim=1).requires_grad_()
+    logit_scale = torch.tensor(1 / 0.07, requires_grad=True)
+
+    def clip_loss(i, t, scale):  # open_clip.loss.ClipLoss.forward, world_size = 1
+        labels = torch.arange(i.shape[0])
+        return (torch.nn.functional.cross_entropy(scale * i @ t.t(), labels)
+                + torch.nn.functional.cross_entropy(scale * t @ i.t(), labels)) / 2
+
+    ref_args = [x.detach().double().requires_grad_() for x in (img, txt, logit_scale)]
+    ref = clip_loss(*ref_args)
+    ref.backward()
+    loss = convirt_loss(img, txt, tau=1.0 / logit_scale, lam=0.5, normalize=False, backend=backend)
+    loss.backward()
+    assert abs(loss.item() - ref.item()) < 1e-5
+    for g, r in zip((img.grad, txt.grad, logit_scale.grad), (a.grad for a in ref_args)):
+        assert rel_err(g, r) < 2e-5
+
+
 def test_reference_gradcheck_float64():
     img, txt = make_pair(5, 4, torch.float64, seed=1)
     tau = torch.tensor(0.3, dtype=torch.float64, requires_grad=True)
