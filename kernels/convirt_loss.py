@@ -79,47 +79,24 @@ def _mm_f32(a: Tensor, b: Tensor, out: Tensor | None = None, accumulate: bool = 
     return torch.mm(a, b, out=out) if out is not None else a @ b
 
 
-def _row_chunks(n: int, d: int, elems: int = 1 << 24):
-    step = max(1, elems // max(d, 1))
-    return [(i, min(n, i + step)) for i in range(0, n, step)]
-
-
-def scaled_rows(X: Tensor, a: Tensor) -> Tensor:
-    """x = a * X in X's dtype (the GEMM operand of the backward), scaled in fp32 chunk by chunk."""
-    out = torch.empty_like(X, memory_format=torch.contiguous_format)
-    for i, j in _row_chunks(*X.shape):
-        out[i:j] = X[i:j].float() * a[i:j, None]
-    return out
-
-
-def normalize_backward(g: Tensor, X: Tensor, a: Tensor, normalize: bool, out: Tensor) -> None:
-    """out = dL/dX from g = dL/dx (fp32), chunk by chunk: a_i (g_i - x_i <x_i, g_i>)."""
-    for i, j in _row_chunks(*X.shape):
-        if not normalize:
-            out[i:j] = g[i:j]
-            continue
-        x = X[i:j].float() * a[i:j, None]
-        out[i:j] = a[i:j, None] * (g[i:j] - x * (x * g[i:j]).sum(1, keepdim=True))
-
-
 def rows_backward(be, X, Y, a, b, tau, r, c, d_row, d_col, lam, offset, n_total, normalize, col_sink):
-    """(W', hs): W' = N h W (M x D, fp32), hs = N sum_ij G_ij S_ij over these rows (0-d fp32);
-    col_sink(c0, c1, V') gets V' = N h V[c0:c1] strip by strip."""
+    """(W', hs): W' = N h W (M x D, fp32) and hs, partial sums (1-D fp32) of N sum_ij G_ij S_ij
+    over these rows; col_sink(c0, c1, V') gets V' = N h V[c0:c1] strip by strip."""
     M, D = X.shape
     N = Y.shape[0]
     h_scale = h_scale_for(n_total)
-    xn = scaled_rows(X, a) if normalize else X
-    W = torch.zeros((M, D), device=X.device, dtype=torch.float32)
-    hs = torch.zeros((), device=X.device, dtype=torch.float32)
+    xn = be.scale_rows(X, a) if normalize else X
+    W = torch.empty((M, D), device=X.device, dtype=torch.float32)
+    hs = []
     width = be.strip_width(M, N, X.dtype)
     for c0 in range(0, N, width):
         c1 = min(N, c0 + width)
         H, strip_hs = be.grad_strip(X, Y, a, b, tau, r, c, d_row, d_col, lam, offset, c0, c1, h_scale)
-        hs += strip_hs
-        yc = scaled_rows(Y[c0:c1], b[c0:c1]) if normalize else Y[c0:c1]
-        _mm_f32(H, yc.to(H.dtype), out=W, accumulate=True)
+        hs.append(strip_hs)
+        yc = be.scale_rows(Y[c0:c1], b[c0:c1]) if normalize else Y[c0:c1]
+        _mm_f32(H, yc.to(H.dtype), out=W, accumulate=c0 > 0)
         col_sink(c0, c1, _mm_f32(H.t(), xn.to(H.dtype)))
-    return W, hs
+    return W, (hs[0] if len(hs) == 1 else torch.cat(hs))
 
 
 def forward_impl(img: Tensor, txt: Tensor, tau: Tensor, lam: float, normalize: bool, backend: str
@@ -147,17 +124,18 @@ def backward_impl(grad: Tensor, img: Tensor, txt: Tensor, tau: Tensor, a: Tensor
     """(d img, d txt, d tau) for upstream gradient `grad` (0-d)."""
     be = backend_module(backend)
     n = img.shape[0]
-    tau32 = tau.float().reshape(())
-    k = grad.float() / (n * h_scale_for(n) * tau32)  # g * dL/dx = k * W', W' = N h W
+    coef = 1.0 / (n * h_scale_for(n))  # grad * dL/dx = grad * coef / tau * W'  (W' = N h W)
     d_txt = torch.empty_like(txt, memory_format=torch.contiguous_format)
 
     def col_sink(c0, c1, v):
-        normalize_backward(v.mul_(k), txt[c0:c1], b[c0:c1], normalize, d_txt[c0:c1])
+        be.input_grad(v, txt[c0:c1], b[c0:c1], grad, tau, coef, normalize, d_txt[c0:c1])
 
     W, hs = rows_backward(be, img, txt, a, b, tau, r, c, diag, diag, lam, 0, n, normalize, col_sink)
     d_img = torch.empty_like(img, memory_format=torch.contiguous_format)
-    normalize_backward(W.mul_(k), img, a, normalize, d_img)
-    return d_img, d_txt, -grad.float() * hs / (n * tau32)  # dL/dtau = -(1/tau) sum_ij G_ij S_ij
+    d_tau = torch.empty((), device=img.device, dtype=torch.float32)
+    # dL/dtau = -(1/tau) sum_ij G_ij S_ij = -(1/(N tau)) sum(hs)
+    be.input_grad(W, img, a, grad, tau, coef, normalize, d_img, hs=hs, tau_coef=1.0 / n, d_tau=d_tau)
+    return d_img, d_txt, d_tau
 
 
 loss_bwd = torch.library.custom_op("convirt_fast::loss_bwd", backward_impl, mutates_args=())

@@ -33,8 +33,8 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
-from .convirt_loss import (backend_module, check_inputs, convirt_loss, h_scale_for,
-                           normalize_backward, resolve_backend, rows_backward, tau_tensor)
+from .convirt_loss import (backend_module, check_inputs, convirt_loss, h_scale_for, resolve_backend,
+                           rows_backward, tau_tensor)
 
 
 def _sizes(m: int, device, group) -> list[int]:
@@ -104,8 +104,7 @@ class GatheredConVIRTLossFunction(torch.autograd.Function):
     def backward(ctx, grad):
         img, txt, txt_all, tau, a, b_local, b_all, r, c, diag, diag_all = ctx.saved_tensors
         lam, normalize, be, group, sizes, rank, world, offset, n = ctx.args
-        tau32 = tau.float().reshape(())
-        k = grad.float() * world / (n * h_scale_for(n) * tau32)
+        coef = world / (n * h_scale_for(n))  # R x dL/dx, for DDP's averaging
         v_all = torch.empty((n, txt.shape[1]), device=txt.device, dtype=torch.float32)
 
         def col_sink(c0, c1, v):
@@ -115,10 +114,10 @@ class GatheredConVIRTLossFunction(torch.autograd.Function):
                               normalize, col_sink)
         v = _reduce_scatter_rows(v_all, sizes, rank, group)
         d_img = torch.empty_like(img, memory_format=torch.contiguous_format)
-        normalize_backward(W.mul_(k), img, a, normalize, d_img)
+        d_tau = torch.empty((), device=img.device, dtype=torch.float32)  # this rank's rows' share, x R
+        be.input_grad(W, img, a, grad, tau, coef, normalize, d_img, hs=hs, tau_coef=world / n, d_tau=d_tau)
         d_txt = torch.empty_like(txt, memory_format=torch.contiguous_format)
-        normalize_backward(v.mul_(k), txt, b_local, normalize, d_txt)
-        d_tau = -grad.float() * world * hs / (n * tau32)  # this rank's rows' share, times R
+        be.input_grad(v, txt, b_local, grad, tau, coef, normalize, d_txt)
         d_tau = d_tau.to(tau.dtype).reshape(tau.shape) if ctx.needs_input_grad[2] else None
         return d_img, d_txt, d_tau, None, None, None, None
 

@@ -86,7 +86,32 @@ def grad_strip(X, Y, a, b, tau, r, c, d_row, d_col, lam: float, offset: int, c0:
     hs = torch.dot(p.flatten(), t.flatten())
     t.add_(d_row[:, None]).sub_(d_col[None, c0:c1])
     t[i, j] = 0.0
-    hs = hs + torch.dot(q.flatten(), t.flatten())
+    hs = (hs + torch.dot(q.flatten(), t.flatten())).reshape(1)
     h = p.add_(q)
     h[i, j] -= 1.0
     return (h.mul_(h_scale)).to(compute_dtype(X)), hs
+
+
+def scale_rows(X: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
+    """x = a * X in X's dtype (the normalised rows, a GEMM operand of the backward)."""
+    out = torch.empty_like(X, memory_format=torch.contiguous_format)
+    step = _rows_per_chunk(X.shape[1])
+    for i in range(0, X.shape[0], step):
+        out[i:i + step] = X[i:i + step].float() * a[i:i + step, None]
+    return out
+
+
+def input_grad(G, X, a, grad, tau, coef: float, normalize: bool, out, hs=None, tau_coef=None, d_tau=None):
+    """out = dL/dX (X's dtype) from G = dL/dx * tau / (grad * coef), fp32, chunk by chunk:
+    g = grad * coef / tau * G,  dL/dX_i = a_i (g_i - x_i <x_i, g_i>)  (g itself without normalize).
+    With hs: d_tau = -grad * tau_coef * sum(hs) / tau."""
+    k = grad.float() * coef / tau.float()
+    step = _rows_per_chunk(X.shape[1])
+    for i in range(0, X.shape[0], step):
+        g = G[i:i + step] * k
+        if normalize:
+            x = X[i:i + step].float() * a[i:i + step, None]
+            g = a[i:i + step, None] * (g - x * (x * g).sum(1, keepdim=True))
+        out[i:i + step] = g
+    if hs is not None:
+        d_tau.copy_(-grad.float() * tau_coef * hs.sum() / tau.float())

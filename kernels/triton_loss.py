@@ -5,6 +5,7 @@ The backend interface (shared with `torch_loss.py`; `convirt_loss.py` composes i
   lse(X, Y, a, b, tau, diag=None, lam=None)  -> r, c[, loss]     one GEMM pass, 2*M*N*D FLOPs
   grad_strip(X, Y, a, b, tau, r, c, d_row, d_col, lam, offset, c0, c1, h_scale) -> H, hs
                                                                  2*M*(c1-c0)*D FLOPs
+  scale_rows(X, a) -> a * X;  input_grad(G, X, a, grad, tau, ...) -> dL/dX (+ dL/dtau)   O(N*D)
 where X (M, D) are the image rows [offset, offset + M) of the global N x N problem and Y (N, D) all
 the text rows (single process: offset = 0, M = N). With a_i = 1/max(||X_i||, eps) (1 when
 normalize=False) and b_j likewise, the logits are S_ij = <X_i, Y_j> a_i b_j / tau, computed tile by
@@ -204,6 +205,58 @@ def _grad_strip_kernel(X, Y, A, B, TAU, ROW_LSE, COL_LSE, DIAG_ROW, DIAG_COL, H,
              mask=ok)
 
 
+@triton.jit
+def _scale_rows_kernel(X, A, OUT, M, D, sxm, sxd, BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr):
+    # OUT_i = a_i X_i in X's dtype (contiguous): the normalised rows, a GEMM operand of the backward
+    rows = (tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)).to(tl.int64)
+    row_ok = rows < M
+    a = tl.load(A + rows, mask=row_ok, other=0.0)
+    for d0 in range(0, D, BLOCK_D):
+        ds = d0 + tl.arange(0, BLOCK_D)
+        mask = row_ok[:, None] & (ds < D)[None, :]
+        x = tl.load(X + rows[:, None] * sxm + ds[None, :] * sxd, mask=mask, other=0.0).to(tl.float32)
+        tl.store(OUT + rows[:, None] * D + ds[None, :], (x * a[:, None]).to(OUT.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def _input_grad_kernel(G, X, A, GRAD, TAU, OUT, HS, DTAU, M, D, n_hs, coef, tau_coef, sxm, sxd,
+                       NORMALIZE: tl.constexpr, WITH_TAU: tl.constexpr,
+                       BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr):
+    # g_i = grad * coef / tau * G_i = dL/dx_i (G fp32, contiguous);  x_i = a_i X_i (unit rows)
+    # OUT_i = dL/dX_i = a_i (g_i - x_i <x_i, g_i>)  (= g_i without normalisation), in X's dtype:
+    # one pass over D for <x_i, g_i>, one to write. Program 0 with WITH_TAU also writes
+    #   DTAU = -grad * tau_coef * sum(HS) / tau    (HS: the backward's partial sums of N G S)
+    rows = (tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)).to(tl.int64)
+    row_ok = rows < M
+    grad = tl.load(GRAD).to(tl.float32)
+    tau = tl.load(TAU).to(tl.float32)
+    k = grad * coef / tau
+    a = tl.load(A + rows, mask=row_ok, other=0.0)
+    xg = tl.zeros([BLOCK_M], dtype=tl.float32)
+    if NORMALIZE:
+        for d0 in range(0, D, BLOCK_D):
+            ds = d0 + tl.arange(0, BLOCK_D)
+            mask = row_ok[:, None] & (ds < D)[None, :]
+            g = tl.load(G + rows[:, None] * D + ds[None, :], mask=mask, other=0.0) * k
+            x = tl.load(X + rows[:, None] * sxm + ds[None, :] * sxd, mask=mask, other=0.0).to(tl.float32)
+            xg += tl.sum(x * a[:, None] * g, 1)
+    for d0 in range(0, D, BLOCK_D):
+        ds = d0 + tl.arange(0, BLOCK_D)
+        mask = row_ok[:, None] & (ds < D)[None, :]
+        g = tl.load(G + rows[:, None] * D + ds[None, :], mask=mask, other=0.0) * k
+        if NORMALIZE:
+            x = tl.load(X + rows[:, None] * sxm + ds[None, :] * sxd, mask=mask, other=0.0).to(tl.float32)
+            g = a[:, None] * (g - x * a[:, None] * xg[:, None])
+        tl.store(OUT + rows[:, None] * D + ds[None, :], g.to(OUT.dtype.element_ty), mask=mask)
+    if WITH_TAU:
+        if tl.program_id(0) == 0:
+            total = tl.zeros([1024], dtype=tl.float32)
+            for i0 in range(0, n_hs, 1024):
+                idx = i0 + tl.arange(0, 1024)
+                total += tl.load(HS + idx, mask=idx < n_hs, other=0.0)
+            tl.store(DTAU, -grad * tau_coef * tl.sum(total, 0) / tau)
+
+
 def _pow2(n: int) -> int:
     return 1 << max(0, int(n) - 1).bit_length()
 
@@ -234,7 +287,7 @@ def prologue(X: torch.Tensor, Y: torch.Tensor, tau: torch.Tensor, normalize: boo
     a = torch.empty(M, device=X.device, dtype=torch.float32)
     b = torch.empty_like(a)
     diag = torch.empty_like(a)
-    block_m, block_d = 16, max(16, min(128 if not INTERPRET else 512, _pow2(D)))
+    block_m, block_d = _rows_config(D)
     _prologue_kernel[(triton.cdiv(M, block_m),)](
         X, Y, a, b, diag, tau, M, D, X.stride(0), X.stride(1), Y.stride(0), Y.stride(1), EPS,
         NORMALIZE=normalize, BLOCK_M=block_m, BLOCK_D=block_d)
@@ -293,4 +346,29 @@ def grad_strip(X, Y, a, b, tau, r, c, d_row, d_col, lam: float, offset: int, c0:
         X.stride(0), X.stride(1), Y.stride(0), Y.stride(1), H.stride(0),
         BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, UPCAST=_upcast(X.dtype),
         PRECISION=_precision(X.dtype), num_warps=warps, num_stages=stages)
-    return H, hs.sum()
+    return H, hs.view(-1)
+
+
+def _rows_config(D: int):
+    return 16, max(16, min(128 if not INTERPRET else 512, _pow2(D)))
+
+
+def scale_rows(X: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
+    """x = a * X in X's dtype (contiguous)."""
+    M, D = X.shape
+    out = torch.empty((M, D), device=X.device, dtype=X.dtype)
+    block_m, block_d = _rows_config(D)
+    _scale_rows_kernel[(triton.cdiv(M, block_m),)](X, a, out, M, D, X.stride(0), X.stride(1),
+                                                   BLOCK_M=block_m, BLOCK_D=block_d)
+    return out
+
+
+def input_grad(G, X, a, grad, tau, coef: float, normalize: bool, out, hs=None, tau_coef=None, d_tau=None):
+    """out = dL/dX from G (fp32, M x D, contiguous): see _input_grad_kernel; with hs, also d_tau."""
+    M, D = X.shape
+    block_m, block_d = _rows_config(D)
+    with_tau = hs is not None
+    _input_grad_kernel[(triton.cdiv(M, block_m),)](
+        G, X, a, grad, tau, out, hs if with_tau else G, d_tau if with_tau else G, M, D,
+        hs.numel() if with_tau else 0, float(coef), float(tau_coef or 0.0), X.stride(0), X.stride(1),
+        NORMALIZE=normalize, WITH_TAU=with_tau, BLOCK_M=block_m, BLOCK_D=block_d)
