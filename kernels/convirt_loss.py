@@ -22,10 +22,16 @@ The forward does not compute the gradients (as Liger's losses do): G needs every
 known after the whole pass, so that would take a second pass in the forward (same 8 N^2 D) and make
 forward-only evaluation (validation loss) 4x dearer.
 
+The rest is O(N^2) exponentials (2 per logit forward, 2 backward) and O(N D) prologue/epilogue
+kernels (norms, diagonal, normalisation backward, d tau).
+
 Memory beyond inputs and gradients: O(N) statistics; forward column partials (<= 256 MiB,
-triton_loss.COL_SCRATCH_BYTES); backward: the strip H (N x <= 1024, <= 256 MiB), W in fp32 (N x D)
-and the normalised x in the input dtype (N x D). No N x N matrix: at N = 262,144, D = 512, bf16,
-about 1 GiB of scratch in the backward, 0.3 GiB in the forward.
+triton_loss.COL_SCRATCH_BYTES); backward: the strip H (N x <= 1024 columns, <= 128 MiB), W in fp32
+(N x D) and the normalised x in the input dtype (N x D). No N x N matrix: at N = 262,144, D = 512,
+bf16: 0.25 GiB of scratch in the forward, 0.875 GiB in the backward (W 512 MiB, x 256, H 128).
+
+Launches (N <= 1024): forward 3 kernels (prologue, LSE pass, column merge + loss) plus the fill of
+a float tau; backward 7 (row scaling x2, gradient strip, two GEMMs, two epilogues).
 
 Layers (flash-attention style): backend host functions (triton_loss / torch_loss) -> raw ops
 `torch.ops.convirt_fast.loss_fwd/loss_bwd` (custom_op + fake, so torch.compile treats them as
