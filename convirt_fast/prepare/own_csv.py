@@ -79,8 +79,10 @@ def _read_rows(cfg: CsvConfig, rejects: R.RejectLog) -> list[_Row]:
         if None in rec or any(v is None for v in rec.values()):
             rejects.add(study_id, where, R.BAD_VALUE, "row has a different number of fields than the header")
             continue
-        if any(_has_surrogate(v) for v in rec.values()):
-            rejects.add(study_id, where, R.NON_UTF8_REPORT, "row holds bytes that are not UTF-8")
+        bad = [k for k, v in rec.items() if _has_surrogate(v)]
+        if bad:
+            reason = R.NON_UTF8_REPORT if cfg.text_col in bad else R.BAD_VALUE
+            rejects.add(study_id, where, reason, f"bytes that are not UTF-8 in {', '.join(map(repr, bad))}")
             continue
         image = rec[cfg.image_col].strip()
         if not image:

@@ -76,7 +76,7 @@ def sample_finding(name: str, rng: np.random.Generator) -> Finding:
                 "first_rib": int(rng.integers(3, 7)),
                 "ribs": int(rng.integers(3, 5)),
                 "where": float(rng.uniform(0.55, 0.8)),  # fraction of the way to the chest wall
-                "step": float(rng.uniform(0.42, 0.55)),
+                "step": float(rng.uniform(0.5, 0.75)),
             },
         )
     raise ValueError(f"unknown finding {name!r}")

@@ -330,7 +330,7 @@ def _rib_fracture(c: _Canvas, f: F.Finding, phase: np.ndarray, dx: np.ndarray):
     beyond = (dx > x_break) & on_side
     ribs = (phase >= k0) & (phase < k0 + n) & on_side
     stepped = phase - f.params["step"] * (beyond & ribs)
-    gap = (np.abs(dx - x_break) < 0.013) & ribs
+    gap = (np.abs(dx - x_break) < 0.016) & ribs
     return stepped, gap.astype(np.float32)
 
 
@@ -348,14 +348,14 @@ def _clavicle_points(a: Anatomy, side: int) -> np.ndarray:
 
 def _clavicles(c: _Canvas, fracture: F.Finding | None) -> np.ndarray:
     a, s = c.a, c.a.scale
-    width = 0.032 * s
+    width = 0.036 * s
     lines = []
     for side in (RIGHT, LEFT):
         pts = _clavicle_points(a, side)
         if fracture is not None and fracture.params["kind"] == "clavicle" and fracture.sides[0] == side:
             # Mid-shaft break: the lateral fragment drops by about a shaft's width and overrides.
             brk = pts[1] + (pts[2] - pts[1]) * (fracture.params["where"] - 0.3)
-            drop = np.array([side * -0.01, fracture.params["step"] * 2.6 * width])
+            drop = np.array([side * -0.012, fracture.params["step"] * 3.0 * width])
             gap = (pts[2] - pts[1]) / np.linalg.norm(pts[2] - pts[1]) * 0.016
             lines.append((np.array([pts[0], pts[1], brk - gap]), width))
             lateral = np.array([brk + gap * 0.3, pts[2], pts[3]]) + drop
