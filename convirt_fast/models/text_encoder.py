@@ -1,0 +1,67 @@
+"""Text encoder f_u: a `transformers` BERT, partly frozen, max-pooled over real tokens.
+
+Two sources, both offline: a pretrained BERT from a local folder (or one already in the local
+Hugging Face cache; nothing is downloaded), or a BERT built from the config's sizes with random
+weights, whose vocabulary is the tokenizer trained on the corpus.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import nn
+from transformers import BertConfig, BertModel
+
+
+def build_bert(*, vocab_size: int, layers: int, hidden: int, heads: int, pad_token_id: int = 0) -> BertModel:
+    """A randomly initialised BERT of the given size, without the pooler (ConVIRT max-pools)."""
+    config = BertConfig(
+        vocab_size=vocab_size,
+        hidden_size=hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        intermediate_size=4 * hidden,  # BERT's ratio
+        max_position_embeddings=512,
+        pad_token_id=pad_token_id,
+    )
+    return BertModel(config, add_pooling_layer=False)
+
+
+def load_bert(name_or_path: str | Path) -> BertModel:
+    """A pretrained BERT from a local folder or the local Hugging Face cache, never the network.
+
+    A `BertForMaskedLM`/`BertForPreTraining` checkpoint (e.g. ClinicalBERT) loads too: its
+    `bert.` prefix is stripped by transformers and the heads are ignored."""
+    try:
+        return BertModel.from_pretrained(str(name_or_path), add_pooling_layer=False, local_files_only=True)
+    except OSError as e:
+        raise FileNotFoundError(
+            f"{name_or_path}: no BERT found locally (not a folder with config.json and weights, nor in the "
+            f"Hugging Face cache); downloads are disabled: save the model with save_pretrained and pass the folder"
+        ) from e
+
+
+def frozen_modules(bert: BertModel, layers: int) -> list[nn.Module]:
+    """The embeddings and the first `layers` transformer layers: what ConVIRT freezes."""
+    total = len(bert.encoder.layer)
+    if not 0 <= layers <= total:
+        raise ValueError(f"model.freeze_text_layers={layers} outside 0..{total} (the text encoder's layer count)")
+    return [bert.embeddings, *bert.encoder.layer[:layers]]
+
+
+def freeze_bert(bert: BertModel, layers: int) -> None:
+    """requires_grad=False on the embeddings and the first `layers` layers. Autograd then records
+    nothing below the first trainable layer (its inputs need no grad), so frozen layers cost no
+    activation memory and no backward compute."""
+    for module in frozen_modules(bert, layers):
+        module.requires_grad_(False)
+
+
+def masked_max_pool(hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """(B, T, H) token vectors, (B, T) mask (1 = real token, 0 = padding) -> (B, H) element-wise
+    max over the real tokens (special tokens included, as the paper pools "all output vectors").
+    Padding never wins the max; a row without any real token gives zeros, not the dtype minimum."""
+    keep = attention_mask.to(torch.bool).unsqueeze(-1)
+    pooled = hidden.masked_fill(~keep, torch.finfo(hidden.dtype).min).amax(dim=1)
+    return torch.where(keep.any(dim=1), pooled, torch.zeros_like(pooled))
