@@ -98,10 +98,14 @@ def is_valid_output(path: Path, long_side: int = LONG_SIDE) -> bool:
 
 
 def _usable_as_is(src: Path, fmt: str, long_side: int) -> bool:
-    """Decodes `src` in full (so a truncated file is caught) and says whether it can be copied."""
+    """Whether `src` can be copied as it is. Reads the header; only a copy candidate (small
+    already) is decoded in full, so that a truncated file is caught: large files go through
+    the DCT-scaled decode instead, never a full one."""
     with Image.open(src) as img:
+        if img.format != fmt or max(img.size) > long_side or img.mode not in ("L", *SIXTEEN_BIT_MODES):
+            return False
         img.load()
-        return img.format == fmt and max(img.size) <= long_side and img.mode in ("L", *SIXTEEN_BIT_MODES)
+        return True
 
 
 def resize_one(task: ResizeTask, long_side: int = LONG_SIDE) -> ResizeResult:
