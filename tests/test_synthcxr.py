@@ -147,7 +147,9 @@ def test_effusion_fills_the_costophrenic_angle(seed):
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_pneumothorax_lucent_rim_without_markings(seed):
-    from convirt_fast.data.synthcxr import render as Rn
+    from convirt_fast.data.synthcxr.canvas import Canvas, grid
+    from convirt_fast.data.synthcxr.layers import draw_lungs
+    from convirt_fast.data.synthcxr.signatures import FINDING_DRAW
 
     a, f, with_f, without = _pair(F.PNEUMOTHORAX, seed, collapse=0.6)
     side = f.sides[0]
@@ -155,13 +157,13 @@ def test_pneumothorax_lucent_rim_without_markings(seed):
     rim = _box(a, min(x, x + side * 0.03), max(x, x + side * 0.03), a.hilum_y - 0.05, a.hilum_y + 0.05)
     assert (with_f[rim] - without[rim]).mean() < -8  # darker: air with no lung in it
     # No lung markings in the rim, markings kept in the collapsed lung (the drawing's masks).
-    g = Rn._grid(S // 2)
-    c = Rn._Canvas(
-        S // 2, copy.deepcopy(a), g[None, :], g[:, None], Rn._lungs(a, {RIGHT: 0.0, LEFT: 0.0}, S // 2),
+    g = grid(S // 2)
+    c = Canvas(
+        S // 2, copy.deepcopy(a), g[None, :], g[:, None], draw_lungs(a, {RIGHT: 0.0, LEFT: 0.0}, S // 2),
         air_keep=np.ones((S // 2, S // 2), np.float32), extra_air=np.zeros((S // 2, S // 2), np.float32),
         add=np.zeros((S // 2, S // 2), np.float32), markings_keep=np.ones((S // 2, S // 2), np.float32),
     )  # fmt: skip
-    Rn._draw_pneumothorax(c, f, np.random.default_rng(0))
+    FINDING_DRAW[F.PNEUMOTHORAX](c, f, np.random.default_rng(0))
     half = tuple(slice(r.start // 2, r.stop // 2) for r in rim)
     in_lung = c.lung[side][half] > 0.5
     assert in_lung.sum() >= 4
