@@ -21,7 +21,7 @@ from convirt_fast.data.manifest import (
     write_meta,
 )
 from convirt_fast.data.resize import ResizeTask, decode_resized, resize_one, target_size
-from fixtures_data.fake_mimic import jpeg_bytes
+from fixtures_data.fake_mimic import big_jpeg_bytes, jpeg_bytes
 
 LABELS = ("Edema", "No Finding")
 
@@ -139,7 +139,7 @@ def test_large_jpeg_is_decoded_with_dct_scaling(tmp_path, monkeypatch):
     from PIL import JpegImagePlugin
 
     src = tmp_path / "big.jpg"
-    src.write_bytes(jpeg_bytes(2500, 3000))
+    src.write_bytes(big_jpeg_bytes())
     calls = []
     real = JpegImagePlugin.JpegImageFile.draft
 
@@ -179,3 +179,21 @@ def test_resize_one_reports_bad_files(tmp_path):
 def test_meta_is_json(tmp_path):
     _write(tmp_path)
     assert json.loads((tmp_path / "manifest.json").read_text())["label_columns"] == list(LABELS)
+
+
+def test_resize_one_never_decodes_a_large_jpeg_in_full(tmp_path, monkeypatch):
+    from PIL import ImageFile
+
+    src = tmp_path / "big.jpg"
+    src.write_bytes(big_jpeg_bytes())
+    loaded = []
+    real = ImageFile.ImageFile.load
+
+    def spy(self):
+        loaded.append(self.size)
+        return real(self)
+
+    monkeypatch.setattr(ImageFile.ImageFile, "load", spy)
+    result = resize_one(ResizeTask(src, tmp_path / "out" / "big.jpg"))
+    assert result.ok and loaded
+    assert all(max(size) <= 3000 // 4 for size in loaded), loaded

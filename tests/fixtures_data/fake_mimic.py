@@ -161,3 +161,15 @@ def build_fake_mimic(
         for name, data in reports.items():
             (root / name).write_bytes(data)
     return fake
+
+
+def big_jpeg_bytes(w: int = 2500, h: int = 3000) -> bytes:
+    """A full-size radiograph-like JPEG (smooth structure + grain), made fast: a coarse random
+    field upsampled in C, not a per-pixel formula."""
+    rng = np.random.default_rng(w * h)
+    coarse = Image.fromarray((rng.random((24, 20)) * 200 + 30).astype(np.uint8))
+    img = np.asarray(coarse.resize((w, h), Image.Resampling.BICUBIC), np.int16)
+    grain = rng.integers(-6, 7, size=(h, w), dtype=np.int16)
+    buf = io.BytesIO()
+    Image.fromarray(np.clip(img + grain, 0, 255).astype(np.uint8)).save(buf, "JPEG", quality=90)
+    return buf.getvalue()
