@@ -11,7 +11,7 @@ import pytest
 import torch
 import torchvision
 from safetensors.torch import load_file, save_file
-from transformers import AutoTokenizer, BertModel
+from transformers import AutoTokenizer, BertConfig, BertForMaskedLM, BertModel
 
 from convirt_fast.config import ModelConfig
 from convirt_fast.models import (
@@ -24,6 +24,7 @@ from convirt_fast.models import (
     export_image_encoder,
     export_text_encoder,
     freeze_bert,
+    load_bert,
     load_image_weights,
     load_text_encoder,
     masked_max_pool,
@@ -351,6 +352,24 @@ def test_build_model_from_local_text_folder(tmp_path, tokenizer):
         build_model(dataclasses.replace(cfg, freeze_text_layers=6))
     with pytest.raises(FileNotFoundError, match="no_such_bert"):
         build_model(dataclasses.replace(cfg, text_encoder=str(tmp_path / "no_such_bert")))
+
+
+def test_load_bert_from_masked_lm_checkpoint_and_refuses_partial_ones(tmp_path):
+    """ClinicalBERT-style folders hold a BertForMaskedLM: its encoder loads, the MLM head is
+    ignored; a checkpoint lacking encoder weights is refused (not silently re-initialised)."""
+    config = BertConfig(vocab_size=60, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64)
+    mlm = BertForMaskedLM(config)
+    folder = tmp_path / "clinical_like"
+    mlm.save_pretrained(folder)
+    bert = load_bert(folder)
+    torch.testing.assert_close(bert.encoder.layer[1].output.dense.weight, mlm.bert.encoder.layer[1].output.dense.weight)
+    assert bert.pooler is None
+
+    weights = load_file(folder / "model.safetensors")
+    del weights["bert.encoder.layer.1.output.dense.weight"]
+    save_file(weights, folder / "model.safetensors", metadata={"format": "pt"})
+    with pytest.raises(ValueError, match=r"clinical_like: .*missing \['encoder.layer.1.output.dense.weight'\]"):
+        load_bert(folder)
 
 
 def test_build_model_trains_a_tokenizer_or_refuses():

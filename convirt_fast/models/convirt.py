@@ -13,13 +13,17 @@ evaluation (the paper does not say; HF's default would leave it on).
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 from torch import nn
 from torchvision.models.resnet import ResNet
-from transformers import BertModel
 
 from convirt_fast.models.projection import Projection
 from convirt_fast.models.text_encoder import freeze_bert, frozen_modules, masked_max_pool
+
+if TYPE_CHECKING:
+    from transformers import BertModel
 
 
 class ConVIRTModel(nn.Module):

@@ -30,15 +30,17 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from safetensors.torch import load_file, save
 from torch import nn
-from transformers import BertModel
 
 from convirt_fast.data.atomic import atomic_write
 from convirt_fast.models.projection import Projection
+
+if TYPE_CHECKING:
+    from transformers import BertModel
 
 TEXT_PROJECTION_FILE = "text_projection.safetensors"
 

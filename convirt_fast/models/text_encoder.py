@@ -8,14 +8,19 @@ weights, whose vocabulary is the tokenizer trained on the corpus.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
-from transformers import BertConfig, BertModel
+
+if TYPE_CHECKING:  # transformers takes seconds to import; image-only users never need it
+    from transformers import BertModel
 
 
 def build_bert(*, vocab_size: int, layers: int, hidden: int, heads: int, pad_token_id: int = 0) -> BertModel:
     """A randomly initialised BERT of the given size, without the pooler (ConVIRT max-pools)."""
+    from transformers import BertConfig, BertModel
+
     config = BertConfig(
         vocab_size=vocab_size,
         hidden_size=hidden,
@@ -32,14 +37,27 @@ def load_bert(name_or_path: str | Path) -> BertModel:
     """A pretrained BERT from a local folder or the local Hugging Face cache, never the network.
 
     A `BertForMaskedLM`/`BertForPreTraining` checkpoint (e.g. ClinicalBERT) loads too: its
-    `bert.` prefix is stripped by transformers and the heads are ignored."""
+    `bert.` prefix is stripped by transformers and the heads are ignored. Encoder weights missing
+    from the checkpoint (transformers would initialise them randomly and only log it) are an error."""
+    from transformers import BertModel
+
     try:
-        return BertModel.from_pretrained(str(name_or_path), add_pooling_layer=False, local_files_only=True)
+        bert, info = BertModel.from_pretrained(
+            str(name_or_path), add_pooling_layer=False, local_files_only=True, output_loading_info=True
+        )
     except OSError as e:
         raise FileNotFoundError(
             f"{name_or_path}: no BERT found locally (not a folder with config.json and weights, nor in the "
             f"Hugging Face cache); downloads are disabled: save the model with save_pretrained and pass the folder"
         ) from e
+    missing = sorted(info.get("missing_keys") or [])
+    mismatched = sorted(str(k) for k in info.get("mismatched_keys") or [])
+    if missing or mismatched:
+        raise ValueError(
+            f"{name_or_path}: the checkpoint does not hold this BERT's weights: "
+            f"missing {missing[:8]} ({len(missing)}), wrong shape {mismatched[:8]} ({len(mismatched)})"
+        )
+    return bert
 
 
 def frozen_modules(bert: BertModel, layers: int) -> list[nn.Module]:
