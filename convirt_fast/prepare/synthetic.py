@@ -16,7 +16,9 @@ The retrieval studies are also in manifest.csv, with split "retrieval" (never tr
 from __future__ import annotations
 
 import csv
+import multiprocessing
 import os
+import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict
@@ -77,7 +79,7 @@ def prepare_synthetic(out: Path, cfg: SynthConfig, *, workers: int = 0, progress
                 results += _generate_chunk((ch, cfg, out))
                 bar.update(len(ch))
         else:
-            with ProcessPoolExecutor(max_workers=workers) as pool:
+            with ProcessPoolExecutor(max_workers=workers, mp_context=_mp_context()) as pool:
                 for res in pool.map(_generate_chunk, [(ch, cfg, out) for ch in chunks]):
                     results += res
                     bar.update(len(res))
@@ -104,6 +106,12 @@ def prepare_synthetic(out: Path, cfg: SynthConfig, *, workers: int = 0, progress
     summary.extra["generate_seconds"] = seconds
     summary.extra["studies_per_second"] = len(plans) / seconds if seconds > 0 else float("inf")
     return summary
+
+
+def _mp_context():
+    """fork is fastest, but forking a process whose torch (OpenMP) threads are running can
+    deadlock the children: a trainer that calls ensure_synthcxr gets spawned workers."""
+    return multiprocessing.get_context("spawn" if "torch" in sys.modules else "fork")
 
 
 def _write_retrieval_files(out: Path, plans: list[StudyPlan]) -> None:
