@@ -290,3 +290,14 @@ def test_default_cache_dir_env(monkeypatch, tmp_path):
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "x"))
     assert default_cache_dir() == tmp_path / "x" / "convirt_fast"
     assert os.fspath(default_cache_dir()).endswith("convirt_fast")
+
+
+def test_prepare_synthetic_same_output_with_any_worker_count(tmp_path):
+    from convirt_fast.prepare.synthetic import prepare_synthetic
+
+    cfg = SynthConfig(n=24, seed=5, size=64)
+    prepare_synthetic(tmp_path / "one", cfg, workers=1, progress=False)
+    prepare_synthetic(tmp_path / "two", cfg, workers=2, progress=False)
+    assert (tmp_path / "one" / "manifest.csv").read_bytes() == (tmp_path / "two" / "manifest.csv").read_bytes()
+    for p in (tmp_path / "one" / "images").rglob("*.jpg"):
+        assert p.read_bytes() == (tmp_path / "two" / p.relative_to(tmp_path / "one")).read_bytes()
