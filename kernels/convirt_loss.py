@@ -3,13 +3,18 @@
 Math. Image rows X (M, D) are the rows [offset, offset + M) of the global N x N problem, text rows
 Y (N, D) all of it (single process: M = N, offset = 0). With a_i = 1/max(||X_i||, eps) and b_j
 likewise (1 when normalize=False), x_i = a_i X_i, y_j = b_j Y_j:
-  S_ij = <x_i, y_j> / tau,  r_i = logsumexp_j S_ij,  c_j = logsumexp_i S_ij
-  L = (1/N) sum_i [lam (r_i - S_ii) + (1 - lam) (c_i - S_ii)]
-    = (1/N) [lam sum_i r_i + (1 - lam) sum_j c_j - sum_i S_ii]
-  G_ij = dL/dS_ij = (1/N) [lam exp(S_ij - r_i) + (1 - lam) exp(S_ij - c_j) - [j == offset + i]]
+  S_ij = <x_i, y_j> / tau
+  lr_i = log sum_j exp(S_ij - S_ii) = l_i(v->u),  lc_j = log sum_i exp(S_ij - S_jj) = l_j(u->v)
+  L = (1/N) sum_i [lam lr_i + (1 - lam) lc_i]
+  P_ij = exp(S_ij - S_ii - lr_i) (rows sum to 1),  Q_ij = exp(S_ij - S_jj - lc_j) (columns do)
+  G_ij = dL/dS_ij = (1/N) [lam P_ij + (1 - lam) Q_ij - [j == offset + i]]
   W_i = sum_j G_ij y_j,  V_j = sum_i G_ij x_i:  dL/dx_i = W_i / tau,  dL/dy_j = V_j / tau
-  dL/dtau = -(1/tau) sum_ij G_ij S_ij   (summed in fp32 on the tiles of the backward pass)
+  dL/dtau = -(1/tau) sum_ij G_ij S_ij
+          = -(1/(N tau)) sum_ij [lam P_ij (S_ij - S_ii) + (1 - lam) Q_ij (S_ij - S_jj)]
   dL/dX_i = a_i (g_i - x_i <x_i, g_i>) with g_i = dL/dx_i (normalisation backward; same for Y)
+Shifting every logit by its positive's (exactly 0 for the positive itself) keeps the statistics
+and G accurate in fp32 at tau = 0.01: no difference of two numbers of size 1/tau is ever formed,
+so a well-separated pair's tiny loss and gradient keep their relative precision.
 
 FLOPs for forward + backward, N x N, dimension D (GEMM work; everything else is O(N^2) or O(N*D)):
   forward   2 N^2 D   one pass over S tiles (triton_loss._lse_fwd_kernel): row LSE online, column
@@ -85,7 +90,7 @@ def _mm_f32(a: Tensor, b: Tensor, out: Tensor | None = None, accumulate: bool = 
     return torch.mm(a, b, out=out) if out is not None else a @ b
 
 
-def rows_backward(be, X, Y, a, b, tau, r, c, d_row, d_col, lam, offset, n_total, normalize, col_sink):
+def rows_backward(be, X, Y, a, b, tau, lr, lc, d_row, d_col, lam, offset, n_total, normalize, col_sink):
     """(W', hs): W' = N h W (M x D, fp32) and hs, partial sums (1-D fp32) of N sum_ij G_ij S_ij
     over these rows; col_sink(c0, c1, V') gets V' = N h V[c0:c1] strip by strip."""
     M, D = X.shape
@@ -97,7 +102,7 @@ def rows_backward(be, X, Y, a, b, tau, r, c, d_row, d_col, lam, offset, n_total,
     width = be.strip_width(M, N, X.dtype)
     for c0 in range(0, N, width):
         c1 = min(N, c0 + width)
-        H, strip_hs = be.grad_strip(X, Y, a, b, tau, r, c, d_row, d_col, lam, offset, c0, c1, h_scale)
+        H, strip_hs = be.grad_strip(X, Y, a, b, tau, lr, lc, d_row, d_col, lam, offset, c0, c1, h_scale)
         hs.append(strip_hs)
         yc = be.scale_rows(Y[c0:c1], b[c0:c1]) if normalize else Y[c0:c1]
         _mm_f32(H, yc.to(H.dtype), out=W, accumulate=c0 > 0)
@@ -107,11 +112,11 @@ def rows_backward(be, X, Y, a, b, tau, r, c, d_row, d_col, lam, offset, n_total,
 
 def forward_impl(img: Tensor, txt: Tensor, tau: Tensor, lam: float, normalize: bool, backend: str
                  ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
-    """(loss, a, b, r, c, diag): the loss and the O(N) statistics the backward needs."""
+    """(loss, a, b, lr, lc, diag): the loss and the O(N) statistics the backward needs."""
     be = backend_module(backend)
     a, b, diag = be.prologue(img, txt, tau, normalize)
-    r, c, loss = be.lse(img, txt, a, b, tau, diag=diag, lam=lam)
-    return loss, a, b, r, c, diag
+    lr, lc, loss = be.lse(img, txt, a, b, tau, diag, diag, 0, lam=lam)
+    return loss, a, b, lr, lc, diag
 
 
 loss_fwd = torch.library.custom_op("convirt_fast::loss_fwd", forward_impl, mutates_args=())
@@ -125,7 +130,7 @@ def _(img, txt, tau, lam, normalize, backend):
 
 
 def backward_impl(grad: Tensor, img: Tensor, txt: Tensor, tau: Tensor, a: Tensor, b: Tensor,
-                  r: Tensor, c: Tensor, diag: Tensor, lam: float, normalize: bool, backend: str
+                  lr: Tensor, lc: Tensor, diag: Tensor, lam: float, normalize: bool, backend: str
                   ) -> tuple[Tensor, Tensor, Tensor]:
     """(d img, d txt, d tau) for upstream gradient `grad` (0-d)."""
     be = backend_module(backend)
@@ -136,7 +141,7 @@ def backward_impl(grad: Tensor, img: Tensor, txt: Tensor, tau: Tensor, a: Tensor
     def col_sink(c0, c1, v):
         be.input_grad(v, txt[c0:c1], b[c0:c1], grad, tau, coef, normalize, d_txt[c0:c1])
 
-    W, hs = rows_backward(be, img, txt, a, b, tau, r, c, diag, diag, lam, 0, n, normalize, col_sink)
+    W, hs = rows_backward(be, img, txt, a, b, tau, lr, lc, diag, diag, lam, 0, n, normalize, col_sink)
     d_img = torch.empty_like(img, memory_format=torch.contiguous_format)
     d_tau = torch.empty((), device=img.device, dtype=torch.float32)
     # dL/dtau = -(1/tau) sum_ij G_ij S_ij = -(1/(N tau)) sum(hs)
@@ -148,14 +153,14 @@ loss_bwd = torch.library.custom_op("convirt_fast::loss_bwd", backward_impl, muta
 
 
 @loss_bwd.register_fake
-def _(grad, img, txt, tau, a, b, r, c, diag, lam, normalize, backend):
+def _(grad, img, txt, tau, a, b, lr, lc, diag, lam, normalize, backend):
     return (torch.empty_like(img, memory_format=torch.contiguous_format),
             torch.empty_like(txt, memory_format=torch.contiguous_format),
             img.new_empty((), dtype=torch.float32))
 
 
 class ConVIRTLossFunction(torch.autograd.Function):
-    """Forward: the loss from one pass (statistics r, c of O(N) saved). Backward: recomputes the
+    """Forward: the loss from one pass (O(N) statistics saved). Backward: recomputes the
     logits strip by strip; gradients for img, txt and, when it is a tensor that needs it, tau."""
 
     @staticmethod

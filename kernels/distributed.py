@@ -3,12 +3,12 @@
 Rank k holds M_k pairs (sizes may differ); the global batch is their concatenation, N = sum M_k, and
 rank k's image rows are the rows [o_k, o_k + M_k) of the global N x N logits, o_k = sum_{j<k} M_j.
 Each rank computes its own row block of S against the all-gathered text (M_k x N, rectangular):
-  - the row LSEs r_i of its image rows (image -> text, complete locally);
-  - column LSE partials over its rows, merged across ranks by two all-reduces of N floats (max,
-    then rescaled sum-exp): the global column LSEs c_j (text -> image) for every j;
-  - the global loss (1/N)[lam sum r + (1-lam) sum c - sum S_ii], one scalar all-reduce: every rank
+  - the image->text losses lr_i of its image rows (complete locally);
+  - column log-sum-exp partials over its rows, merged across ranks by two all-reduces of N floats
+    (max, then rescaled sum-exp): the global text->image losses lc_j for every j;
+  - the global loss (1/N)[lam sum lr + (1-lam) sum lc], one scalar all-reduce: every rank
     returns the same value, the loss of one process on the concatenated batch.
-Backward: with all c_j known, the rank's row block of G = dL/dS gives dL/d(its image rows) whole,
+Backward: with all lc_j known, the rank's row block of G = dL/dS gives dL/d(its image rows) whole,
 and every column's share of dL/d(text); those are summed over ranks and scattered to their owners
 (reduce-scatter; all-reduce + slice on gloo, which lacks reduce-scatter). So rank k receives
 exactly dL/d(its inputs) of the global loss L, and its share of dL/dtau.
@@ -91,18 +91,18 @@ class GatheredConVIRTLossFunction(torch.autograd.Function):
         a, b_local, diag = be.prologue(img, txt, tau, normalize)
         txt_all = _all_gather_rows(txt, sizes, group)
         b_all = _all_gather_rows(b_local, sizes, group)
-        r, c_local = be.lse(img, txt_all, a, b_all, tau)
-        c = _lse_all_reduce(c_local, group)
-        total = lam * r.sum() + (1.0 - lam) * c[offset: offset + m].sum() - diag.sum()
+        diag_all = _all_gather_rows(diag, sizes, group)  # S_jj of every column: its shift
+        lr, lc_local = be.lse(img, txt_all, a, b_all, tau, diag, diag_all, offset)
+        lc = _lse_all_reduce(lc_local, group)
+        total = lam * lr.sum() + (1.0 - lam) * lc[offset: offset + m].sum()
         dist.all_reduce(total, group=group)
-        diag_all = _all_gather_rows(diag, sizes, group)  # S_jj of every column, for d tau
-        ctx.save_for_backward(img, txt, txt_all, tau, a, b_local, b_all, r, c, diag, diag_all)
+        ctx.save_for_backward(img, txt, txt_all, tau, a, b_local, b_all, lr, lc, diag, diag_all)
         ctx.args = (lam, normalize, be, group, sizes, rank, world, offset, n)
         return total / n
 
     @staticmethod
     def backward(ctx, grad):
-        img, txt, txt_all, tau, a, b_local, b_all, r, c, diag, diag_all = ctx.saved_tensors
+        img, txt, txt_all, tau, a, b_local, b_all, lr, lc, diag, diag_all = ctx.saved_tensors
         lam, normalize, be, group, sizes, rank, world, offset, n = ctx.args
         coef = world / (n * h_scale_for(n))  # R x dL/dx, for DDP's averaging
         v_all = torch.empty((n, txt.shape[1]), device=txt.device, dtype=torch.float32)
@@ -110,7 +110,7 @@ class GatheredConVIRTLossFunction(torch.autograd.Function):
         def col_sink(c0, c1, v):
             v_all[c0:c1] = v
 
-        W, hs = rows_backward(be, img, txt_all, a, b_all, tau, r, c, diag, diag_all, lam, offset, n,
+        W, hs = rows_backward(be, img, txt_all, a, b_all, tau, lr, lc, diag, diag_all, lam, offset, n,
                               normalize, col_sink)
         v = _reduce_scatter_rows(v_all, sizes, rank, group)
         d_img = torch.empty_like(img, memory_format=torch.contiguous_format)

@@ -51,44 +51,51 @@ def _logits(X, Y, a, b, tau):
     return s.mul_((a / tau.float())[:, None]).mul_(b[None, :])  # in place: one chunk-sized tensor
 
 
-def lse(X, Y, a, b, tau, diag=None, lam=None):
-    """Row LSE r (M,) and column LSE c (N,) over these rows; with lam (M == N) also the loss."""
+def _shifted(s, d_row, d_col, offset: int, c0: int):
+    """(t, u): S - S_ii by rows and S - S_jj by columns, positives exactly 0 (triton_loss docs).
+    s: logits of rows [0, M) x columns [c0, c0 + w); t reuses s's storage."""
+    M, w = s.shape
+    lo = max(c0 - offset, 0)
+    i = torch.arange(lo, max(lo, min(c0 + w - offset, M)), device=s.device)
+    j = i + offset - c0
+    u = s - d_col[None, c0:c0 + w]
+    t = s.sub_(d_row[:, None])
+    t[i, j] = 0.0
+    u[i, j] = 0.0
+    return t, u, (i, j)
+
+
+def lse(X, Y, a, b, tau, d_row, d_col, offset: int = 0, lam=None):
+    """Row losses lr (M,) and column losses lc (N,) over these rows; with lam (M == N) the loss."""
     M, N = X.shape[0], Y.shape[0]
-    r = torch.empty(M, device=X.device, dtype=torch.float32)
-    c = torch.full((N,), float("-inf"), device=X.device, dtype=torch.float32)
+    lr = torch.empty(M, device=X.device, dtype=torch.float32)
+    lc = torch.full((N,), float("-inf"), device=X.device, dtype=torch.float32)
     step = _rows_per_chunk(N)
     for r0 in range(0, M, step):
         s = _logits(X[r0:r0 + step], Y, a[r0:r0 + step], b, tau)
-        r[r0:r0 + step] = torch.logsumexp(s, 1)
-        c = torch.logaddexp(c, torch.logsumexp(s, 0))
+        t, u, _ = _shifted(s, d_row[r0:r0 + step], d_col, offset + r0, 0)
+        lr[r0:r0 + step] = torch.logsumexp(t, 1)
+        lc = torch.logaddexp(lc, torch.logsumexp(u, 0))
     if lam is None:
-        return r, c
-    return r, c, (lam * r.sum() + (1.0 - lam) * c.sum() - diag.sum()) / N
+        return lr, lc
+    return lr, lc, (lam * lr.sum() + (1.0 - lam) * lc.sum()) / N
 
 
 def strip_width(M: int, N: int, dtype: torch.dtype) -> int:
     return min(N, _rows_per_chunk(M))
 
 
-def grad_strip(X, Y, a, b, tau, r, c, d_row, d_col, lam: float, offset: int, c0: int, c1: int,
+def grad_strip(X, Y, a, b, tau, lr, lc, d_row, d_col, lam: float, offset: int, c0: int, c1: int,
                h_scale: float):
     """(H, hs): H = h_scale * N * dL/dS[:, c0:c1] (M x (c1 - c0)) in compute_dtype(X), and
-    hs = sum_ij (N dL/dS_ij) S_ij over the strip in fp32 (for d tau; written without the -1 of the
-    positives, which rounds away, as in triton_loss._grad_strip_kernel)."""
+    hs = sum_ij (N dL/dS_ij) S_ij over the strip (fp32), as triton_loss._grad_strip_kernel."""
     s = _logits(X, Y[c0:c1], a, b[c0:c1], tau)
-    p = torch.sub(s, r[:, None]).exp_().mul_(lam)
-    q = torch.sub(s, c[None, c0:c1]).exp_().mul_(1.0 - lam)
-    # positives: column offset + i of row i, where it falls inside this strip
-    i = torch.arange(max(c0 - offset, 0), min(c1 - offset, X.shape[0]), device=X.device)
-    j = i + offset - c0
-    t = s.sub_(d_row[:, None])  # s is no longer needed: t = S_ij - S_ii, then S_ij - S_jj
-    t[i, j] = 0.0  # a positive's own term is exactly 0
-    hs = torch.dot(p.flatten(), t.flatten())
-    t.add_(d_row[:, None]).sub_(d_col[None, c0:c1])
-    t[i, j] = 0.0
-    hs = (hs + torch.dot(q.flatten(), t.flatten())).reshape(1)
+    t, u, (i, j) = _shifted(s, d_row, d_col, offset, c0)
+    p = torch.sub(t, lr[:, None]).exp_().mul_(lam)
+    q = torch.sub(u, lc[None, c0:c1]).exp_().mul_(1.0 - lam)
+    hs = (torch.dot(p.flatten(), t.flatten()) + torch.dot(q.flatten(), u.flatten())).reshape(1)
     h = p.add_(q)
-    h[i, j] -= 1.0
+    h[i, j] = lam * torch.expm1(-lr[i]) + (1.0 - lam) * torch.expm1(-lc[j + c0])  # P_ii - 1, exactly
     return (h.mul_(h_scale)).to(compute_dtype(X)), hs
 
 

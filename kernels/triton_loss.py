@@ -1,18 +1,19 @@
 """Triton kernels of the fused ConVIRT loss, and the host functions that launch them.
 
 The backend interface (shared with `torch_loss.py`; `convirt_loss.py` composes it into the loss):
-  prologue(X, Y, tau, normalize) -> a, b, diag      O(N*D)
-  lse(X, Y, a, b, tau, diag=None, lam=None)  -> r, c[, loss]     one GEMM pass, 2*M*N*D FLOPs
-  grad_strip(X, Y, a, b, tau, r, c, d_row, d_col, lam, offset, c0, c1, h_scale) -> H, hs
-                                                                 2*M*(c1-c0)*D FLOPs
+  prologue(X, Y, tau, normalize) -> a, b, diag                                O(N*D)
+  lse(X, Y, a, b, tau, d_row, d_col, offset, lam=None) -> lr, lc[, loss]    2*M*N*D FLOPs
+  grad_strip(X, Y, a, b, tau, lr, lc, d_row, d_col, lam, offset, c0, c1, h_scale) -> H, hs
+                                                                              2*M*(c1-c0)*D FLOPs
   scale_rows(X, a) -> a * X;  input_grad(G, X, a, grad, tau, ...) -> dL/dX (+ dL/dtau)   O(N*D)
 where X (M, D) are the image rows [offset, offset + M) of the global N x N problem and Y (N, D) all
 the text rows (single process: offset = 0, M = N). With a_i = 1/max(||X_i||, eps) (1 when
 normalize=False) and b_j likewise, the logits are S_ij = <X_i, Y_j> a_i b_j / tau, computed tile by
 tile from the raw inputs and never stored: the normalisation is a per-row and per-column scale of
-the GEMM tile, so no normalised copy is made in the forward.
-  r_i = log sum_j exp(S_ij)          (row LSE: image -> text)
-  c_j = log sum_i exp(S_ij)          (column LSE over these M rows: text -> image)
+the GEMM tile, so no normalised copy is made in the forward. d_row/d_col hold the positives'
+logits S_ii of the rows / S_jj of the columns (the prologue's diag). The statistics are the losses
+  lr_i = log sum_j exp(S_ij - S_ii)  (= l_i(v->u), image -> text)
+  lc_j = log sum_i exp(S_ij - S_jj)  (= l_j(u->v) over these M rows, text -> image)
 All exponentials are base 2 on S * log2(e) (exp2 is the hardware instruction).
 """
 
@@ -93,17 +94,19 @@ def _prologue_kernel(X, Y, A, B, DIAG, TAU, M, D, sxm, sxd, sym, syd, eps,
 
 
 @triton.jit
-def _lse_fwd_kernel(X, Y, A, B, TAU, ROW_LSE, COL_M, COL_S, M, N, D, blocks_per_prog,
-                    sxm, sxd, sym, syd,
+def _lse_fwd_kernel(X, Y, A, B, TAU, DIAG_ROW, DIAG_COL, ROW_LOSS, COL_M, COL_S, M, N, D, offset,
+                    blocks_per_prog, sxm, sxd, sym, syd,
                     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
                     UPCAST: tl.constexpr, PRECISION: tl.constexpr):
-    # Program p owns row blocks [p*bpp, (p+1)*bpp) and loops over all column blocks (one GEMM pass):
-    #   row LSE, online (flash-attention style):  m <- max(m, max_j s_ij),
-    #     l <- l * 2^(m_old - m) + sum_j 2^(s_ij - m);      r_i = (m + log2 l) * ln 2
-    #   column partials over this program's rows, merged into its own scratch row COL_*[p, :]
-    #   (only this program touches that row, so no atomics):
-    #     cm_j = max_i s_ij,  cs_j = sum_i 2^(s_ij - cm_j);  combined (max, rescaled sum) with the
-    #     previous row blocks' (cm, cs).
+    # Program p owns row blocks [p*bpp, (p+1)*bpp) and loops over all column blocks (one GEMM pass).
+    # Logits are shifted by their positive's: rows by S_ii, columns by S_jj (a positive itself is
+    # exactly 0), so the log-sum-exps below are the per-pair losses themselves, accurate even when
+    # tiny (no difference of two numbers of size 1/tau). In log2 units, s = S * log2(e):
+    #   row loss, online (flash-attention style) over t_ij = s_ij - s_ii:  m <- max(m, max_j t_ij),
+    #     l <- l * 2^(m_old - m) + sum_j 2^(t_ij - m);   lr_i = (m + log2 l) * ln 2 = l_i(v->u)
+    #   column partials over this program's rows of u_ij = s_ij - s_jj, merged into its own scratch
+    #   row COL_*[p, :] (only this program touches it, so no atomics):
+    #     cm_j = max_i u_ij,  cs_j = sum_i 2^(u_ij - cm_j), combined with the previous row blocks'.
     pid = tl.program_id(0)
     scale = LOG2E / tl.load(TAU).to(tl.float32)
     first_rb = pid * blocks_per_prog
@@ -113,21 +116,26 @@ def _lse_fwd_kernel(X, Y, A, B, TAU, ROW_LSE, COL_M, COL_S, M, N, D, blocks_per_
         rows = (rb * BLOCK_M + tl.arange(0, BLOCK_M)).to(tl.int64)
         row_ok = rows < M
         a = tl.load(A + rows, mask=row_ok, other=0.0) * scale
+        d_row = tl.load(DIAG_ROW + rows, mask=row_ok, other=0.0) * LOG2E
         m_i = tl.full([BLOCK_M], NEG, dtype=tl.float32)
         l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
         for cb in range(0, tl.cdiv(N, BLOCK_N)):
             cols = (cb * BLOCK_N + tl.arange(0, BLOCK_N)).to(tl.int64)
             col_ok = cols < N
             b = tl.load(B + cols, mask=col_ok, other=0.0)
+            d_col = tl.load(DIAG_COL + cols, mask=col_ok, other=0.0) * LOG2E
             acc = _dot_tile(X, Y, rows, cols, row_ok, col_ok, D, sxm, sxd, sym, syd,
                             BLOCK_M, BLOCK_N, BLOCK_K, UPCAST, PRECISION)
-            s = acc * a[:, None] * b[None, :]  # S * log2(e)
-            s = tl.where(row_ok[:, None] & col_ok[None, :], s, NEG)
-            m_new = tl.maximum(m_i, tl.max(s, 1))
-            l_i = l_i * tl.exp2(m_i - m_new) + tl.sum(tl.exp2(s - m_new[:, None]), 1)
+            s = acc * a[:, None] * b[None, :]
+            ok = row_ok[:, None] & col_ok[None, :]
+            is_pos = cols[None, :] == rows[:, None] + offset
+            t = tl.where(ok, tl.where(is_pos, 0.0, s - d_row[:, None]), NEG)
+            u = tl.where(ok, tl.where(is_pos, 0.0, s - d_col[None, :]), NEG)
+            m_new = tl.maximum(m_i, tl.max(t, 1))
+            l_i = l_i * tl.exp2(m_i - m_new) + tl.sum(tl.exp2(t - m_new[:, None]), 1)
             m_i = m_new
-            cm = tl.max(s, 0)
-            cs = tl.sum(tl.exp2(s - cm[None, :]), 0)
+            cm = tl.max(u, 0)
+            cs = tl.sum(tl.exp2(u - cm[None, :]), 0)
             # the first row block of a program finds nothing to merge: masked load gives (NEG, 0)
             prev = col_ok & (rb > first_rb)
             pm = tl.load(COL_M + scratch + cols, mask=prev, other=NEG)
@@ -138,14 +146,15 @@ def _lse_fwd_kernel(X, Y, A, B, TAU, ROW_LSE, COL_M, COL_S, M, N, D, blocks_per_
             tl.store(COL_S + scratch + cols, new_s, mask=col_ok)
             # the next row block re-reads these addresses, perhaps from other threads of this program
             tl.debug_barrier()
-        tl.store(ROW_LSE + rows, (m_i + tl.log2(l_i)) * LN2, mask=row_ok)
+        tl.store(ROW_LOSS + rows, (m_i + tl.log2(l_i)) * LN2, mask=row_ok)
 
 
 @triton.jit
-def _col_lse_kernel(COL_M, COL_S, N, n_parts, ROW_LSE, DIAG, COL_LSE, LOSS_PART, lam, inv_n,
+def _col_lse_kernel(COL_M, COL_S, N, n_parts, ROW_LOSS, COL_LOSS, LOSS_PART, lam, inv_n,
                     WITH_LOSS: tl.constexpr, BLOCK: tl.constexpr):
-    # c_j = log sum_p cs_pj 2^(cm_pj) (an online merge over the programs' partials), natural units.
-    # WITH_LOSS (single process, M == N): LOSS_PART[block] = sum_j (lam r_j + (1-lam) c_j - S_jj) / N
+    # lc_j = log sum_p cs_pj 2^(cm_pj) (an online merge over the programs' partials), natural units:
+    # the column loss l_j(u->v) over these rows.
+    # WITH_LOSS (single process, M == N): LOSS_PART[block] = sum_j (lam lr_j + (1-lam) lc_j) / N
     cols = (tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)).to(tl.int64)
     ok = cols < N
     m = tl.full([BLOCK], NEG, dtype=tl.float32)
@@ -157,27 +166,32 @@ def _col_lse_kernel(COL_M, COL_S, N, n_parts, ROW_LSE, DIAG, COL_LSE, LOSS_PART,
         s = s * tl.exp2(m - new_m) + ps * tl.exp2(pm - new_m)
         m = new_m
     c = (m + tl.log2(tl.where(ok, s, 1.0))) * LN2  # padding columns: no log2(0)
-    tl.store(COL_LSE + cols, c, mask=ok)
+    tl.store(COL_LOSS + cols, c, mask=ok)
     if WITH_LOSS:
-        r = tl.load(ROW_LSE + cols, mask=ok, other=0.0)
-        d = tl.load(DIAG + cols, mask=ok, other=0.0)
-        term = tl.where(ok, lam * r + (1.0 - lam) * c - d, 0.0)
+        r = tl.load(ROW_LOSS + cols, mask=ok, other=0.0)
+        term = tl.where(ok, lam * r + (1.0 - lam) * c, 0.0)
         tl.store(LOSS_PART + tl.program_id(0), tl.sum(term, 0) * inv_n)
 
 
 @triton.jit
-def _grad_strip_kernel(X, Y, A, B, TAU, ROW_LSE, COL_LSE, DIAG_ROW, DIAG_COL, H, HS, M, N, D,
+def _expm1_neg(x):
+    # exp(-x) - 1 for x >= 0 without cancellation near 0 (series where exp(-x) rounds toward 1)
+    return tl.where(x < 1e-2, -x * (1.0 - x * (0.5 - x / 6.0)), tl.exp(-x) - 1.0)
+
+
+@triton.jit
+def _grad_strip_kernel(X, Y, A, B, TAU, ROW_LOSS, COL_LOSS, DIAG_ROW, DIAG_COL, H, HS, M, N, D,
                        col0, col1, offset,
                        lam, h_scale, sxm, sxd, sym, syd, shm,
                        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
                        UPCAST: tl.constexpr, PRECISION: tl.constexpr):
-    # Recompute S on the tile, then the gradient of N*L w.r.t. S, scaled by h_scale:
-    #   H_ij = h_scale * (lam exp(S_ij - r_i) + (1-lam) exp(S_ij - c_j) - [j == offset + i])
-    # Both exponents are <= 0 (r_i, c_j are LSEs over sets containing S_ij): no overflow.
-    # HS[program] = sum_ij (N G_ij) S_ij over the tile, for dL/dtau = -(1/tau) sum_ij G_ij S_ij, as
-    #   sum_ij lam P_ij (S_ij - S_ii) + (1-lam) Q_ij (S_ij - S_jj)   (rows of P, columns of Q sum to 1)
-    # which drops the -1 of the positives: P_ii - 1 rounds to 0 in fp32 once a pair is separated
-    # by more than ~16 in logits, and the sum of the remaining tiny terms would lose its partner.
+    # Recompute the tile, then the gradient of N*L w.r.t. S, times h_scale, with the shifts above:
+    #   P_ij = exp(S_ij - S_ii - lr_i),  Q_ij = exp(S_ij - S_jj - lc_j)   (exponents <= 0)
+    #   H_ij = h_scale * (lam P_ij + (1-lam) Q_ij)  off the positives,
+    #   H_ii = h_scale * (lam expm1(-lr_i) + (1-lam) expm1(-lc_i))  (P_ii - 1 without cancellation)
+    # HS[program] = sum_ij (N G_ij) S_ij over the tile (for dL/dtau = -(1/tau) sum_ij G_ij S_ij) as
+    #   sum_ij lam P_ij (S_ij - S_ii) + (1-lam) Q_ij (S_ij - S_jj)  (rows of P, columns of Q sum to 1)
+    # which needs neither the -1 of the positives nor any number of size 1/tau.
     rows = (tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)).to(tl.int64)
     cols = (col0 + tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)).to(tl.int64)
     row_ok = rows < M
@@ -185,22 +199,23 @@ def _grad_strip_kernel(X, Y, A, B, TAU, ROW_LSE, COL_LSE, DIAG_ROW, DIAG_COL, H,
     scale = LOG2E / tl.load(TAU).to(tl.float32)
     a = tl.load(A + rows, mask=row_ok, other=0.0) * scale
     b = tl.load(B + cols, mask=col_ok, other=0.0)
-    r = tl.load(ROW_LSE + rows, mask=row_ok, other=0.0) * LOG2E
-    c = tl.load(COL_LSE + cols, mask=col_ok, other=0.0) * LOG2E
-    d_row = tl.load(DIAG_ROW + rows, mask=row_ok, other=0.0)
-    d_col = tl.load(DIAG_COL + cols, mask=col_ok, other=0.0)
+    lr = tl.load(ROW_LOSS + rows, mask=row_ok, other=0.0)
+    lc = tl.load(COL_LOSS + cols, mask=col_ok, other=0.0)
+    d_row = tl.load(DIAG_ROW + rows, mask=row_ok, other=0.0) * LOG2E
+    d_col = tl.load(DIAG_COL + cols, mask=col_ok, other=0.0) * LOG2E
     acc = _dot_tile(X, Y, rows, cols, row_ok, col_ok, D, sxm, sxd, sym, syd,
                     BLOCK_M, BLOCK_N, BLOCK_K, UPCAST, PRECISION)
     s = acc * a[:, None] * b[None, :]
-    p = lam * tl.exp2(s - r[:, None])
-    q = (1.0 - lam) * tl.exp2(s - c[None, :])
     ok = row_ok[:, None] & col_ok[None, :]
-    s_nat = s * LN2
     is_pos = cols[None, :] == rows[:, None] + offset
-    hs = p * (s_nat - d_row[:, None]) + q * (s_nat - d_col[None, :])
-    hs = tl.where(ok & (cols[None, :] != rows[:, None] + offset), hs, 0.0)  # a positive's own term is 0
-    tl.store(HS + tl.program_id(0) * tl.num_programs(1) + tl.program_id(1), tl.sum(tl.sum(hs, 1), 0))
-    h = tl.where(is_pos, p + q - 1.0, p + q)
+    t = tl.where(is_pos, 0.0, s - d_row[:, None])
+    u = tl.where(is_pos, 0.0, s - d_col[None, :])
+    p = lam * tl.exp2(t - (lr * LOG2E)[:, None])
+    q = (1.0 - lam) * tl.exp2(u - (lc * LOG2E)[None, :])
+    hs = tl.where(ok, p * t + q * u, 0.0)
+    tl.store(HS + tl.program_id(0) * tl.num_programs(1) + tl.program_id(1), tl.sum(tl.sum(hs, 1), 0) * LN2)
+    pos = lam * _expm1_neg(lr)[:, None] + (1.0 - lam) * _expm1_neg(lc)[None, :]
+    h = tl.where(is_pos, pos, p + q)
     tl.store(H + rows[:, None] * shm + (cols - col0)[None, :], (h * h_scale).to(H.dtype.element_ty),
              mask=ok)
 
@@ -294,8 +309,8 @@ def prologue(X: torch.Tensor, Y: torch.Tensor, tau: torch.Tensor, normalize: boo
     return a, b, diag
 
 
-def lse(X, Y, a, b, tau, diag=None, lam=None):
-    """Row LSE r (M,) and column LSE c (N,) over these rows; with lam (M == N) also the loss."""
+def lse(X, Y, a, b, tau, d_row, d_col, offset: int = 0, lam=None):
+    """Row losses lr (M,) and column losses lc (N,) over these rows; with lam (M == N) the loss."""
     M, D = X.shape
     N = Y.shape[0]
     block_m, block_n, block_k, warps, stages = _config(M, N, D, X.dtype)
@@ -305,24 +320,24 @@ def lse(X, Y, a, b, tau, diag=None, lam=None):
     n_progs = triton.cdiv(n_row_blocks, blocks_per_prog)
     col_m = torch.empty((n_progs, N), device=X.device, dtype=torch.float32)
     col_s = torch.empty_like(col_m)
-    r = torch.empty(M, device=X.device, dtype=torch.float32)
+    lr = torch.empty(M, device=X.device, dtype=torch.float32)
     _lse_fwd_kernel[(n_progs,)](
-        X, Y, a, b, tau, r, col_m, col_s, M, N, D, blocks_per_prog,
+        X, Y, a, b, tau, d_row, d_col, lr, col_m, col_s, M, N, D, offset, blocks_per_prog,
         X.stride(0), X.stride(1), Y.stride(0), Y.stride(1),
         BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, UPCAST=_upcast(X.dtype),
         PRECISION=_precision(X.dtype), num_warps=warps, num_stages=stages)
-    c = torch.empty(N, device=X.device, dtype=torch.float32)
+    lc = torch.empty(N, device=X.device, dtype=torch.float32)
     block = min(1024, _pow2(N))
     n_blocks = triton.cdiv(N, block)
     with_loss = lam is not None
     # one block writes the loss itself (a 0-d tensor): no extra reduction launch at small N
     part = torch.empty(() if n_blocks == 1 else n_blocks, device=X.device, dtype=torch.float32)
     _col_lse_kernel[(n_blocks,)](
-        col_m, col_s, N, n_progs, r, diag if with_loss else r, c, part,
-        float(lam) if with_loss else 0.0, 1.0 / N, WITH_LOSS=with_loss, BLOCK=block)
+        col_m, col_s, N, n_progs, lr, lc, part, float(lam) if with_loss else 0.0, 1.0 / N,
+        WITH_LOSS=with_loss, BLOCK=block)
     if not with_loss:
-        return r, c
-    return r, c, (part if n_blocks == 1 else part.sum())
+        return lr, lc
+    return lr, lc, (part if n_blocks == 1 else part.sum())
 
 
 def strip_width(M: int, N: int, dtype: torch.dtype) -> int:
@@ -331,7 +346,7 @@ def strip_width(M: int, N: int, dtype: torch.dtype) -> int:
     return min(N, width)
 
 
-def grad_strip(X, Y, a, b, tau, r, c, d_row, d_col, lam: float, offset: int, c0: int, c1: int,
+def grad_strip(X, Y, a, b, tau, lr, lc, d_row, d_col, lam: float, offset: int, c0: int, c1: int,
                h_scale: float):
     """(H, hs): H = h_scale * N * dL/dS[:, c0:c1] (M x (c1 - c0)) in the input dtype (for the
     tensor-core GEMMs) and hs = sum_ij (N dL/dS_ij) S_ij over the strip (0-d fp32, for d tau)."""
@@ -342,7 +357,7 @@ def grad_strip(X, Y, a, b, tau, r, c, d_row, d_col, lam: float, offset: int, c0:
     grid = (triton.cdiv(M, block_m), triton.cdiv(c1 - c0, block_n))
     hs = torch.empty(grid, device=X.device, dtype=torch.float32)
     _grad_strip_kernel[grid](
-        X, Y, a, b, tau, r, c, d_row, d_col, H, hs, M, N, D, c0, c1, offset, float(lam), float(h_scale),
+        X, Y, a, b, tau, lr, lc, d_row, d_col, H, hs, M, N, D, c0, c1, offset, float(lam), float(h_scale),
         X.stride(0), X.stride(1), Y.stride(0), Y.stride(1), H.stride(0),
         BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, UPCAST=_upcast(X.dtype),
         PRECISION=_precision(X.dtype), num_warps=warps, num_stages=stages)
