@@ -49,11 +49,18 @@ def _tree(tmp_path, *, bad=False):
         (img / "trunc.jpg").write_bytes(jpeg_bytes(400, 320)[:500])
         (img / "zero.jpg").write_bytes(b"")
         (img / "junk.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"garbage" * 20)
+        _png16(img / "big16.png", 900, 700)
+        _png16(img / "small16.png", 200, 100)
+        for name in ("big16.png", "small16.png"):  # truncated PNGs, one to resize, one to copy
+            data = (img / name).read_bytes()
+            (img / f"trunc_{name}").write_bytes(data[: len(data) * 2 // 3])
         rows += [
             ["img/missing.jpg", "pat50", GOOD_TEXT, "1"],
             ["img/trunc.jpg", "pat51", GOOD_TEXT, "1"],
             ["img/zero.jpg", "pat52", GOOD_TEXT, "0"],
             ["img/junk.png", "pat53", GOOD_TEXT, "0"],
+            ["img/trunc_big16.png", "pat60", GOOD_TEXT, "0"],
+            ["img/trunc_small16.png", "pat61", GOOD_TEXT, "0"],
             ["img/a0.jpg", "pat54", "", "0"],  # empty report
             ["img/a1.jpg", "pat55", "  \n\t ", "0"],  # whitespace report
             ["img/a2.jpg", "pat56", "Ok.", "0"],  # no sentence of >= 3 tokens
@@ -139,6 +146,8 @@ def test_prepare_csv_bad_rows_land_in_rejects(tmp_path):
     assert (R.CORRUPT_IMAGE, "img/trunc.jpg") in got
     assert (R.EMPTY_FILE, "img/zero.jpg") in got
     assert (R.CORRUPT_IMAGE, "img/junk.png") in got
+    assert (R.CORRUPT_IMAGE, "img/trunc_big16.png") in got
+    assert (R.CORRUPT_IMAGE, "img/trunc_small16.png") in got
     reasons = [r.reason for r in rej]
     assert reasons.count(R.EMPTY_REPORT) == 2
     assert reasons.count(R.NO_SENTENCE) == 1
@@ -146,8 +155,8 @@ def test_prepare_csv_bad_rows_land_in_rejects(tmp_path):
     assert reasons.count(R.MISSING_VALUE) == 1
     assert reasons.count(R.BAD_VALUE) == 1
     assert reasons.count(R.NON_UTF8_REPORT) == 1
-    assert len(rej) == 11
-    assert sum(summary.rejects.values()) == 11
+    assert len(rej) == 13
+    assert sum(summary.rejects.values()) == 13
     m = load_manifest(tmp_path / "out")
     assert len(m) == 13  # the good rows all survive
 

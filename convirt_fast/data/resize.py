@@ -127,7 +127,7 @@ def resize_one(task: ResizeTask, long_side: int = LONG_SIDE) -> ResizeResult:
         with atomic_write(task.dst, "wb", fsync=False) as f:
             img.save(f, format=fmt, **({"quality": JPEG_QUALITY} if fmt == "JPEG" else {}))
         return ResizeResult(task, ok=True)
-    except (OSError, ValueError, SyntaxError, UnidentifiedImageError, Image.DecompressionBombError) as e:
+    except Exception as e:  # noqa: BLE001 - decoders raise many types on bad bytes; none may stop a prepare
         return ResizeResult(task, ok=False, reason=R.CORRUPT_IMAGE, detail=f"{type(e).__name__}: {e}")
 
 
