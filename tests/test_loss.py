@@ -26,11 +26,13 @@ CPU_BACKENDS = [pytest.param("triton", marks=needs_interpreter), "torch"]
 
 # Max error relative to the largest reference value, against an fp64 reference on the same
 # (already rounded) inputs: (loss relative to max(1, 1/tau, loss), gradients). Measured errors are
-# 2-4x below these. 16-bit inputs: the backward multiplies the gradient strip and the normalised
+# 2-4x below these (bf16 gradients: 2x). 16-bit inputs: the backward multiplies the gradient strip and the normalised
 # rows in the input dtype (as tensor cores do), fp32 elsewhere; the gradients come out rounded.
 TOL = {
     torch.float32: (1e-6, 5e-6),
-    torch.bfloat16: (1e-6, 1.2e-2),  # the gradients' own bf16 rounding is 2^-9 = 2e-3 per element
+    # bf16: the gradients' own rounding is 2^-9 = 2e-3; the normalised rows and the gradient strip
+    # rounded to bf16 for the GEMMs add up to 1.1e-2 (plain bf16 torch: 1e-2 to 0.8 on these cases)
+    torch.bfloat16: (1e-6, 2e-2),
     torch.float16: (1e-6, 2e-3),
 }
 TAU_TOL = 1e-6  # d loss / d tau, relative to max(|d tau|, 1/tau^2), every dtype (see below)
