@@ -93,7 +93,7 @@ def is_valid_output(path: Path, long_side: int = LONG_SIDE) -> bool:
         with Image.open(path) as img:
             img.load()
             return max(img.size) <= long_side
-    except (OSError, ValueError, UnidentifiedImageError):
+    except Exception:  # noqa: BLE001 - whatever is wrong with it, it is redone
         return False
 
 

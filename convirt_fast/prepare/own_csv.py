@@ -71,6 +71,13 @@ def _read_rows(cfg: CsvConfig, rejects: R.RejectLog) -> list[_Row]:
     missing = [c for c in wanted if c is not None and c not in header]
     if missing:
         raise PrepareError(f"{path}: missing columns: {', '.join(missing)} (columns present: {', '.join(header)})")
+    try:
+        return _parse_records(cfg, path, reader, rejects)
+    except csv.Error as e:  # the csv module's last resort (e.g. a field over its size limit)
+        raise PrepareError(f"{path}: line {reader.line_num}: unparseable CSV: {e}") from e
+
+
+def _parse_records(cfg: CsvConfig, path: Path, reader: csv.DictReader, rejects: R.RejectLog) -> list[_Row]:
     rows, seen, ids = [], set(), set()
     for i, rec in enumerate(reader):
         line = i + 2  # header is line 1 (a quoted newline makes this approximate, as in spreadsheets)
