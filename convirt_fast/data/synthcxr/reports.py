@@ -82,11 +82,12 @@ FRACTURE_SITE = {
     ],
 }
 
+# Impressions of >= 3 tokens: shorter ones ("Cardiomegaly.") would be dropped by the index.
 IMPRESSION = {
-    F.CARDIOMEGALY: ["Cardiomegaly.", "Enlarged heart.", "Moderate cardiomegaly."],
+    F.CARDIOMEGALY: ["Cardiomegaly is noted.", "Moderate cardiomegaly is seen.", "The heart is enlarged."],
     F.EFFUSION: ["{Side} pleural effusion.", "Moderate {side} pleural effusion."],
-    F.PNEUMOTHORAX: ["{Side} pneumothorax.", "Moderate {side} pneumothorax."],
-    F.EDEMA: ["Pulmonary edema.", "Moderate pulmonary edema."],
+    F.PNEUMOTHORAX: ["{Side} pneumothorax is present.", "Moderate {side} pneumothorax."],
+    F.EDEMA: ["Moderate pulmonary edema.", "Findings consistent with pulmonary edema."],
     F.PNEUMONIA: ["{Side} {lobe} lobe pneumonia.", "Pneumonia in the {side} {lobe} lobe."],
     F.ATELECTASIS: ["{Side} basilar atelectasis.", "Atelectasis at the {side} base."],
     F.FRACTURE: ["Acute {side} {site} fracture.", "{Side} {site} fracture."],
@@ -212,10 +213,13 @@ def write_report(found: list[F.Finding], rng: np.random.Generator) -> str:
     positives = []
     for f in found:
         bank = FRACTURE_SITE[f.params["kind"]] if f.name == F.FRACTURE else POSITIVE[f.name]
-        positives.append(_fill(_pick(rng, bank), f))
+        # One or two different sentences per finding, as a radiologist describes what is there.
+        k = 2 if rng.random() < 0.5 else 1
+        for j in rng.choice(len(bank), size=k, replace=False):
+            positives.append(_fill(bank[int(j)], f))
     others = []
     for name in F.FINDINGS:
-        if name not in names and rng.random() < 0.6:
+        if name not in names and rng.random() < 0.5:
             others.append(_pick(rng, NEGATION[name]))
     if not names & PARENCHYMAL and rng.random() < 0.8:
         others.append(_pick(rng, CLEAR_LUNGS))
