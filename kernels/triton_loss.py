@@ -34,6 +34,8 @@ LN2 = tl.constexpr(0.6931471805599453)
 # A finite "minus infinity" for masked logits: exp2(NEG - m) == 0 for any finite m, and
 # NEG - NEG == 0 (not nan as -inf - -inf) on rows that are entirely padding.
 NEG = tl.constexpr(-1.0e30)
+# Sizes and offsets are not specialised on (do_not_specialize): one compiled kernel serves every
+# batch size; D and the strides still are (alignment of vectorised loads).
 # Per-program column partials (max, sum-exp) cost 8 bytes x N per program; programs take several
 # row blocks each once this budget is reached (N = 262,144: 128 programs, 256 MiB).
 COL_SCRATCH_BYTES = 256 << 20
@@ -64,7 +66,7 @@ def _dot_tile(X, Y, rows, cols, row_ok, col_ok, D, sxm, sxd, sym, syd,
     return acc
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["M"])
 def _prologue_kernel(X, Y, A, B, DIAG, TAU, M, D, sxm, sxd, sym, syd, eps,
                      NORMALIZE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr):
     # a_i = 1/max(||X_i||, eps), b_i = 1/max(||Y_i||, eps), DIAG_i = <X_i, Y_i> a_i b_i / tau = S_ii
@@ -93,7 +95,7 @@ def _prologue_kernel(X, Y, A, B, DIAG, TAU, M, D, sxm, sxd, sym, syd, eps,
     tl.store(DIAG + rows, xy * a * b / tau, mask=row_ok)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["M", "N", "offset", "blocks_per_prog"])
 def _lse_fwd_kernel(X, Y, A, B, TAU, DIAG_ROW, DIAG_COL, ROW_LOSS, COL_M, COL_S, M, N, D, offset,
                     blocks_per_prog, sxm, sxd, sym, syd,
                     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
@@ -149,7 +151,7 @@ def _lse_fwd_kernel(X, Y, A, B, TAU, DIAG_ROW, DIAG_COL, ROW_LOSS, COL_M, COL_S,
         tl.store(ROW_LOSS + rows, (m_i + tl.log2(l_i)) * LN2, mask=row_ok)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["N", "n_parts"])
 def _col_lse_kernel(COL_M, COL_S, N, n_parts, ROW_LOSS, COL_LOSS, LOSS_PART, lam, inv_n,
                     WITH_LOSS: tl.constexpr, BLOCK: tl.constexpr):
     # lc_j = log sum_p cs_pj 2^(cm_pj) (an online merge over the programs' partials), natural units:
@@ -179,7 +181,7 @@ def _expm1_neg(x):
     return tl.where(x < 1e-2, -x * (1.0 - x * (0.5 - x / 6.0)), tl.exp(-x) - 1.0)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["M", "N", "col0", "col1", "offset"])
 def _grad_strip_kernel(X, Y, A, B, TAU, ROW_LOSS, COL_LOSS, DIAG_ROW, DIAG_COL, H, HS, M, N, D,
                        col0, col1, offset,
                        lam, h_scale, sxm, sxd, sym, syd, shm,
@@ -220,7 +222,7 @@ def _grad_strip_kernel(X, Y, A, B, TAU, ROW_LOSS, COL_LOSS, DIAG_ROW, DIAG_COL, 
              mask=ok)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["M"])
 def _scale_rows_kernel(X, A, OUT, M, D, sxm, sxd, BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr):
     # OUT_i = a_i X_i in X's dtype (contiguous): the normalised rows, a GEMM operand of the backward
     rows = (tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)).to(tl.int64)
@@ -233,7 +235,7 @@ def _scale_rows_kernel(X, A, OUT, M, D, sxm, sxd, BLOCK_M: tl.constexpr, BLOCK_D
         tl.store(OUT + rows[:, None] * D + ds[None, :], (x * a[:, None]).to(OUT.dtype.element_ty), mask=mask)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["M", "n_hs"])
 def _input_grad_kernel(G, X, A, GRAD, TAU, OUT, HS, DTAU, M, D, n_hs, coef, tau_coef, sxm, sxd,
                        NORMALIZE: tl.constexpr, WITH_TAU: tl.constexpr,
                        BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr):

@@ -17,15 +17,15 @@
 #
 # Knobs (environment): PYTHON (default python3), GPU_CHECK_TESTS (default tests/),
 # GPU_CHECK_BENCH (default: benchmarks/bench_loss.py first, then the other suites in benchmarks/),
-# GPU_CHECK_TEST_TIMEOUT / GPU_CHECK_BENCH_TIMEOUT in seconds (defaults 200 / 250: the whole
+# GPU_CHECK_TEST_TIMEOUT / GPU_CHECK_BENCH_TIMEOUT in seconds (defaults 240 / 190: the whole
 # script stays under 8 minutes; a suite interrupted by its timeout still writes its JSON).
 set -uo pipefail
 
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 OUT="${OUT:-$REPO/gpu_check_out}"
 PYTHON="${PYTHON:-python3}"
-TEST_TIMEOUT="${GPU_CHECK_TEST_TIMEOUT:-200}"
-BENCH_TIMEOUT="${GPU_CHECK_BENCH_TIMEOUT:-250}"
+TEST_TIMEOUT="${GPU_CHECK_TEST_TIMEOUT:-240}"
+BENCH_TIMEOUT="${GPU_CHECK_BENCH_TIMEOUT:-190}"
 mkdir -p "$OUT"
 OUT="$(cd "$OUT" && pwd)"
 
