@@ -99,7 +99,7 @@ def rows_backward(be, X, Y, a, b, tau, lr, lc, d_row, d_col, lam, offset, n_tota
     xn = be.scale_rows(X, a) if normalize else X
     W = torch.empty((M, D), device=X.device, dtype=torch.float32)
     hs = []
-    width = be.strip_width(M, N, X.dtype)
+    width = be.strip_width(M, N, X.dtype, X.device)
     for c0 in range(0, N, width):
         c1 = min(N, c0 + width)
         H, strip_hs = be.grad_strip(X, Y, a, b, tau, lr, lc, d_row, d_col, lam, offset, c0, c1, h_scale)

@@ -13,16 +13,19 @@ from __future__ import annotations
 import torch
 
 EPS = 1e-12  # as F.normalize
-# Elements of one logits chunk: 2**22 fp32 = 16 MiB, a few such temporaries at a time.
+# Elements of one logits chunk: 2**22 fp32 = 16 MiB on a CPU, a few such temporaries at a time;
+# 2**26 (256 MiB) on a GPU, where small chunks would leave it launch-bound.
 CHUNK_ELEMS = 1 << 22
+CUDA_CHUNK_ELEMS = 1 << 26
 
 
 def compute_dtype(x: torch.Tensor) -> torch.dtype:
     return torch.float32 if x.device.type == "cpu" else x.dtype
 
 
-def _rows_per_chunk(n_cols: int) -> int:
-    return max(1, CHUNK_ELEMS // max(n_cols, 1))
+def _rows_per_chunk(n_cols: int, device: torch.device) -> int:
+    elems = CUDA_CHUNK_ELEMS if device.type == "cuda" else CHUNK_ELEMS
+    return max(1, elems // max(n_cols, 1))
 
 
 def prologue(X: torch.Tensor, Y: torch.Tensor, tau: torch.Tensor, normalize: bool):
@@ -31,7 +34,7 @@ def prologue(X: torch.Tensor, Y: torch.Tensor, tau: torch.Tensor, normalize: boo
     a = torch.empty(M, device=X.device, dtype=torch.float32)
     b = torch.empty_like(a)
     diag = torch.empty_like(a)
-    step = _rows_per_chunk(X.shape[1])
+    step = _rows_per_chunk(X.shape[1], X.device)
     for r0 in range(0, M, step):
         x, y = X[r0:r0 + step].float(), Y[r0:r0 + step].float()
         if normalize:
@@ -70,7 +73,7 @@ def lse(X, Y, a, b, tau, d_row, d_col, offset: int = 0, lam=None):
     M, N = X.shape[0], Y.shape[0]
     lr = torch.empty(M, device=X.device, dtype=torch.float32)
     lc = torch.full((N,), float("-inf"), device=X.device, dtype=torch.float32)
-    step = _rows_per_chunk(N)
+    step = _rows_per_chunk(N, X.device)
     for r0 in range(0, M, step):
         s = _logits(X[r0:r0 + step], Y, a[r0:r0 + step], b, tau)
         t, u, _ = _shifted(s, d_row[r0:r0 + step], d_col, offset + r0, 0)
@@ -81,8 +84,8 @@ def lse(X, Y, a, b, tau, d_row, d_col, offset: int = 0, lam=None):
     return lr, lc, (lam * lr.sum() + (1.0 - lam) * lc.sum()) / N
 
 
-def strip_width(M: int, N: int, dtype: torch.dtype) -> int:
-    return min(N, _rows_per_chunk(M))
+def strip_width(M: int, N: int, dtype: torch.dtype, device: torch.device) -> int:
+    return min(N, _rows_per_chunk(M, device))
 
 
 def grad_strip(X, Y, a, b, tau, lr, lc, d_row, d_col, lam: float, offset: int, c0: int, c1: int,
@@ -102,7 +105,7 @@ def grad_strip(X, Y, a, b, tau, lr, lc, d_row, d_col, lam: float, offset: int, c
 def scale_rows(X: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
     """x = a * X in X's dtype (the normalised rows, a GEMM operand of the backward)."""
     out = torch.empty_like(X, memory_format=torch.contiguous_format)
-    step = _rows_per_chunk(X.shape[1])
+    step = _rows_per_chunk(X.shape[1], X.device)
     for i in range(0, X.shape[0], step):
         out[i:i + step] = X[i:i + step].float() * a[i:i + step, None]
     return out
@@ -113,7 +116,7 @@ def input_grad(G, X, a, grad, tau, coef: float, normalize: bool, out, hs=None, t
     g = grad * coef / tau * G,  dL/dX_i = a_i (g_i - x_i <x_i, g_i>)  (g itself without normalize).
     With hs: d_tau = -grad * tau_coef * sum(hs) / tau."""
     k = grad.float() * coef / tau.float()
-    step = _rows_per_chunk(X.shape[1])
+    step = _rows_per_chunk(X.shape[1], X.device)
     for i in range(0, X.shape[0], step):
         g = G[i:i + step] * k
         if normalize:

@@ -342,7 +342,7 @@ def lse(X, Y, a, b, tau, d_row, d_col, offset: int = 0, lam=None):
     return lr, lc, (part if n_blocks == 1 else part.sum())
 
 
-def strip_width(M: int, N: int, dtype: torch.dtype) -> int:
+def strip_width(M: int, N: int, dtype: torch.dtype, device: torch.device) -> int:
     elt = torch.finfo(dtype).bits // 8
     width = min(STRIP_COLS_MAX, max(64, STRIP_BYTES // (max(M, 1) * elt)))
     return min(N, width)
