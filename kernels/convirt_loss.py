@@ -72,18 +72,25 @@ def h_scale_for(n_total: int) -> float:
     return float(2 ** min(14, int(math.log2(max(n_total, 1)))))
 
 
+_OUT_DTYPE_MM = [True]  # torch.mm/addmm(..., out_dtype=) exist for CUDA in recent torch only
+
+
 def _mm_f32(a: Tensor, b: Tensor, out: Tensor | None = None, accumulate: bool = False) -> Tensor:
     """a @ b with an fp32 result (into `out`, += when accumulate): 16-bit operands multiply in
     their dtype with fp32 output on a GPU (cuBLAS), in fp32 on a CPU."""
     if a.dtype != torch.float32 and a.is_cuda:
-        try:
-            if accumulate:
-                return torch.addmm(out, a, b, out_dtype=torch.float32, out=out)
-            return torch.mm(a, b, out_dtype=torch.float32, out=out) if out is not None else \
-                torch.mm(a, b, out_dtype=torch.float32)
-        except (TypeError, RuntimeError):  # torch without out_dtype: a 16-bit product, then upcast
-            prod = (a @ b).float()
-            return out.add_(prod) if accumulate else (out.copy_(prod) if out is not None else prod)
+        if _OUT_DTYPE_MM[0]:
+            try:
+                if accumulate:
+                    return torch.addmm(out, a, b, out_dtype=torch.float32, out=out)
+                return torch.mm(a, b, out_dtype=torch.float32, out=out) if out is not None else \
+                    torch.mm(a, b, out_dtype=torch.float32)
+            except torch.OutOfMemoryError:
+                raise
+            except (TypeError, NotImplementedError, RuntimeError):  # missing or unsupported here
+                _OUT_DTYPE_MM[0] = False
+        prod = (a @ b).float()  # older torch: a 16-bit product, then upcast
+        return out.add_(prod) if accumulate else (out.copy_(prod) if out is not None else prod)
     a, b = a.float(), b.float()
     if accumulate:
         return torch.addmm(out, a, b, out=out)
