@@ -4,7 +4,10 @@ is its --help text), validated in __post_init__.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import dataclasses
+from dataclasses import dataclass, field
+
+from convirt_fast.data.augment import AugmentSpec
 
 
 @dataclass
@@ -28,7 +31,8 @@ class ModelConfig:
     vocab_size: int = 8000
     """Vocabulary of the tokenizer trained on the corpus (when text_encoder is None)."""
     freeze_text_layers: int = 6
-    """Embeddings and this many first transformer layers are frozen (paper: 6 of BERT-base's 12)."""
+    """Embeddings and this many first transformer layers are frozen (paper: 6 of BERT-base's 12);
+    0 freezes nothing (for a BERT trained from scratch)."""
     projection: str = "mlp"
     """mlp (Linear -> ReLU -> Linear, the paper) or linear (the paper's ablation)."""
     projection_hidden: int | None = None
@@ -45,3 +49,160 @@ class ModelConfig:
             raise ValueError("model: projection_dim and text_layers must be >= 1, text_hidden divisible by text_heads")
         if not 0 <= self.freeze_text_layers <= self.text_layers and self.text_encoder is None:
             raise ValueError(f"model.freeze_text_layers={self.freeze_text_layers} outside 0..text_layers={self.text_layers}")
+
+
+@dataclass
+class DataConfig:
+    """What to train on and how it is loaded (DESIGN.md sections 3-4)."""
+
+    path: str = "synthcxr"
+    """A prepared data folder (python -m convirt_fast.prepare ...) or its manifest.csv; "synthcxr":
+    the built-in synthetic set, prepared once into cache_dir."""
+    synth_n: int = 4000
+    """SynthCXR training + validation studies (when path is synthcxr)."""
+    synth_size: int = 256
+    """SynthCXR image side, pixels."""
+    cache_dir: str | None = None
+    """Where SynthCXR is prepared; None: $CONVIRT_CACHE or ~/.cache/convirt_fast."""
+    backend: str = "auto"
+    """Augmentation backend: auto (DALI on a GPU when installed, else torch), dali or torch."""
+    batch_size: int = 32
+    """Pairs per rank per step (global batch = batch_size x ranks x grad_accum)."""
+    num_workers: int = 2
+    """DataLoader workers per rank (decode, sentence sampling, tokenization)."""
+    max_length: int = 64
+    """Tokens per sentence, [CLS] and [SEP] included; longer sentences are truncated."""
+    augment: AugmentSpec = field(default_factory=AugmentSpec)
+    """The image transformation t_v (convirt_fast.data.augment.AugmentSpec)."""
+
+    def __post_init__(self) -> None:
+        if isinstance(self.augment, dict):
+            self.augment = AugmentSpec(**self.augment)
+        if self.batch_size < 1 or self.num_workers < 0 or self.max_length < 3:
+            raise ValueError("data: batch_size >= 1, num_workers >= 0 and max_length >= 3 required")
+        if self.backend not in ("auto", "dali", "torch"):
+            raise ValueError(f"data.backend must be auto, dali or torch, got {self.backend!r}")
+
+
+@dataclass
+class LossConfig:
+    """The contrastive loss (PAPER.md "Loss"; convirt_fast.ConVIRTLoss)."""
+
+    tau: float = 0.1
+    """Temperature (initial value when learnable)."""
+    lam: float = 0.75
+    """Weight of the image->text direction; 1 - lam weighs text->image."""
+    learnable_tau: bool = False
+    """Learn the temperature (as CLIP does)."""
+    gather: bool = False
+    """Global batch: negatives from every rank (all-gather), exact global-batch gradients."""
+    backend: str = "auto"
+    """auto (Triton on CUDA, chunked torch otherwise), triton or torch."""
+
+    def __post_init__(self) -> None:
+        if not self.tau > 0 or not 0 <= self.lam <= 1:
+            raise ValueError("loss: tau > 0 and 0 <= lam <= 1 required")
+
+
+@dataclass
+class OptimConfig:
+    """Optimiser and learning-rate schedule."""
+
+    lr: float = 1e-4
+    """Peak learning rate (paper: 1e-4)."""
+    weight_decay: float = 1e-6
+    """Weight decay (paper: 1e-6; decoupled, AdamW, where the paper's Adam adds it to the gradient)."""
+    betas: tuple[float, float] = (0.9, 0.999)
+    """Adam betas."""
+    schedule: str = "plateau"
+    """plateau (paper: lr x plateau_factor after plateau_patience validations without improvement)
+    or cosine (warmup_steps of linear warm-up, then cosine decay to 0 at train.max_steps)."""
+    plateau_patience: int = 5
+    """Validations without improvement before the lr is cut (paper: 5)."""
+    plateau_factor: float = 0.5
+    """Factor applied to the lr on a plateau (paper: 0.5)."""
+    warmup_steps: int = 0
+    """Linear warm-up steps (both schedules)."""
+    grad_clip: float | None = None
+    """Clip the global gradient norm to this value; None: no clipping."""
+
+    def __post_init__(self) -> None:
+        if isinstance(self.betas, list):
+            self.betas = tuple(self.betas)
+        if self.schedule not in ("plateau", "cosine"):
+            raise ValueError(f"optim.schedule must be plateau or cosine, got {self.schedule!r}")
+        if not self.lr > 0 or self.weight_decay < 0 or not 0 < self.plateau_factor < 1:
+            raise ValueError("optim: lr > 0, weight_decay >= 0, 0 < plateau_factor < 1 required")
+
+
+@dataclass
+class TrainConfig:
+    """The run: length, parallelism, precision, checkpoints, logging."""
+
+    max_steps: int = 1000
+    """Optimizer steps."""
+    val_every: int = 200
+    """Validation loss every this many steps (paper: 5,000)."""
+    max_validations: int | None = None
+    """Stop after this many validations (paper: 200); None: only max_steps stops."""
+    log_every: int = 10
+    """Metrics line every this many steps."""
+    grad_accum: int = 1
+    """Micro-batches per optimizer step (note: the contrastive loss sees one micro-batch at a time)."""
+    parallel: str = "auto"
+    """auto (ddp when several ranks, else none), ddp, fsdp (FSDP2 fully_shard) or none."""
+    precision: str = "auto"
+    """auto (bf16 autocast on CUDA, fp32 on CPU), bf16 or fp32."""
+    compile: bool = False
+    """torch.compile the encoders."""
+    on_nonfinite: str = "stop"
+    """A NaN/inf loss: stop (naming the step and study ids) or skip (drop the batch, count it)."""
+    seed: int = 0
+    """Seed of data order, augmentation, sentence sampling and initialisation."""
+    out_dir: str = "runs"
+    """Runs are written to out_dir/run_name."""
+    run_name: str | None = None
+    """Run folder name; None: <preset>-<date>-<time>."""
+    resume: str | None = "auto"
+    """auto: continue the run folder's last checkpoint if there is one; a checkpoint path; or None."""
+    checkpoint_every: int = 200
+    """Write the last checkpoint every this many steps (best is written on improvement)."""
+    tensorboard: bool = False
+    """Also write TensorBoard event files (needs the tensorboard package)."""
+    evaluate: bool = True
+    """After training, evaluate retrieval on the data set's retrieval split when it has one."""
+    progress: bool = True
+    """Progress bar on rank 0."""
+
+    def __post_init__(self) -> None:
+        checks = {
+            "parallel": ("auto", "ddp", "fsdp", "none"),
+            "precision": ("auto", "bf16", "fp32"),
+            "on_nonfinite": ("stop", "skip"),
+        }
+        for name, allowed in checks.items():
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"train.{name} must be one of {allowed}, got {getattr(self, name)!r}")
+        if min(self.max_steps, self.val_every, self.log_every, self.grad_accum, self.checkpoint_every) < 1:
+            raise ValueError("train: max_steps, val_every, log_every, grad_accum, checkpoint_every must be >= 1")
+
+
+@dataclass
+class Config:
+    """A whole run. `python -m convirt_fast.train --help` lists every field."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    preset: str = "cpu-default"
+    """The preset these values started from."""
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Config":
+        return cls(model=ModelConfig(**d["model"]), data=DataConfig(**d["data"]), loss=LossConfig(**d["loss"]),
+                   optim=OptimConfig(**d["optim"]), train=TrainConfig(**d["train"]), preset=d.get("preset", "custom"))

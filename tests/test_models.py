@@ -176,9 +176,12 @@ def test_freeze_bounds():
     bert = build_bert(vocab_size=50, layers=2, hidden=32, heads=2)
     with pytest.raises(ValueError, match="freeze_text_layers=3 outside 0..2"):
         freeze_bert(bert, 3)
-    freeze_bert(bert, 0)  # embeddings only
+    freeze_bert(bert, 0)  # nothing, embeddings included
+    assert all(p.requires_grad for p in bert.parameters())
+    freeze_bert(bert, 1)
     assert not any(p.requires_grad for p in bert.embeddings.parameters())
-    assert all(p.requires_grad for p in bert.encoder.parameters())
+    assert not any(p.requires_grad for p in bert.encoder.layer[0].parameters())
+    assert all(p.requires_grad for p in bert.encoder.layer[1].parameters())
 
 
 # -- image weights ------------------------------------------------------------------------------

@@ -186,9 +186,12 @@ class ConVIRTLoader:
         plan.epoch = self.epoch
         plan.share = self.sampler.share(self.epoch) if self.train else self._ordered_share()
         remaining = list(range(self.position, len(self)))
+        # Its own generator: creating the iterator draws a worker seed, which must not advance
+        # the global RNG (that would change dropout masks after a resume).
+        generator = torch.Generator().manual_seed(derive_seed(self.sampler.seed, self.epoch, self.position))
         loader = DataLoader(_EpochBatches(plan), batch_size=None, sampler=remaining, num_workers=self.num_workers,
                             collate_fn=_no_collate, pin_memory=self.device.type == "cuda",
-                            persistent_workers=False)
+                            persistent_workers=False, generator=generator)
         for raw in loader:
             batch = self._finish(raw)
             self.position += 1

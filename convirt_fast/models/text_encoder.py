@@ -61,11 +61,13 @@ def load_bert(name_or_path: str | Path) -> BertModel:
 
 
 def frozen_modules(bert: BertModel, layers: int) -> list[nn.Module]:
-    """The embeddings and the first `layers` transformer layers: what ConVIRT freezes."""
+    """The embeddings and the first `layers` transformer layers: what ConVIRT freezes (K = 6 of
+    BERT-base's 12). `layers` = 0 freezes nothing, embeddings included: the setting for a BERT
+    built from scratch, whose random embeddings are worth nothing frozen."""
     total = len(bert.encoder.layer)
     if not 0 <= layers <= total:
         raise ValueError(f"model.freeze_text_layers={layers} outside 0..{total} (the text encoder's layer count)")
-    return [bert.embeddings, *bert.encoder.layer[:layers]]
+    return [bert.embeddings, *bert.encoder.layer[:layers]] if layers else []
 
 
 def freeze_bert(bert: BertModel, layers: int) -> None:

@@ -12,16 +12,39 @@ from typing import Iterable
 SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 
 
-def train_wordpiece(sentences: Iterable[str], *, vocab_size: int = 8000, lowercase: bool = True):
-    """A BERT-style (uncased by default) WordPiece `PreTrainedTokenizerFast` trained on `sentences`."""
-    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+def train_wordpiece(sentences: Iterable[str], *, vocab_size: int = 8000, lowercase: bool = True,
+                    min_frequency: int = 2):
+    """A BERT-style (uncased by default) WordPiece `PreTrainedTokenizerFast` for `sentences`.
+
+    The vocabulary is built deterministically: the special tokens, every character seen (alone
+    and as a "##" continuation, so no word is ever [UNK]), then whole words by frequency (ties
+    by spelling) up to `vocab_size`. (The `tokenizers` WordPiece trainer breaks frequency ties
+    by hash-map order, so the same corpus gave different vocabularies from run to run; report
+    language is a small closed vocabulary, for which whole words plus characters suffice.)
+    """
+    from collections import Counter
+
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
     from transformers import PreTrainedTokenizerFast
 
-    tokenizer = Tokenizer(models.WordPiece(unk_token="[UNK]"))
-    tokenizer.normalizer = normalizers.BertNormalizer(lowercase=lowercase, strip_accents=lowercase)
-    tokenizer.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-    trainer = trainers.WordPieceTrainer(vocab_size=vocab_size, special_tokens=SPECIAL_TOKENS, min_frequency=2)
-    tokenizer.train_from_iterator(sentences, trainer=trainer)
+    normalizer = normalizers.BertNormalizer(lowercase=lowercase, strip_accents=lowercase)
+    pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    words: Counter = Counter()
+    for sentence in sentences:
+        words.update(w for w, _ in pre_tokenizer.pre_tokenize_str(normalizer.normalize_str(sentence)))
+    chars = sorted({c for w in words for c in w})
+    vocab_list = SPECIAL_TOKENS + chars + [f"##{c}" for c in chars]
+    taken = set(vocab_list)
+    for word, count in sorted(words.items(), key=lambda item: (-item[1], item[0])):
+        if len(vocab_list) >= vocab_size or count < min_frequency:
+            break
+        if word not in taken:
+            vocab_list.append(word)
+            taken.add(word)
+    tokenizer = Tokenizer(models.WordPiece(vocab={t: i for i, t in enumerate(vocab_list)}, unk_token="[UNK]",
+                                           continuing_subword_prefix="##"))
+    tokenizer.normalizer = normalizer
+    tokenizer.pre_tokenizer = pre_tokenizer
     cls_id, sep_id = tokenizer.token_to_id("[CLS]"), tokenizer.token_to_id("[SEP]")
     tokenizer.post_processor = processors.TemplateProcessing(
         single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1", special_tokens=[("[CLS]", cls_id), ("[SEP]", sep_id)]

@@ -1,0 +1,1 @@
+"""The paper's evaluation protocols (retrieval here; more in the evaluation suite)."""

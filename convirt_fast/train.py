@@ -1,0 +1,42 @@
+"""Pretrain image and text encoders with ConVIRT.
+
+    torchrun -m convirt_fast.train                                   # SynthCXR, minutes on a CPU
+    torchrun -m convirt_fast.train --train.max_steps=50              # overrides: --section.field=value
+    torchrun --nproc_per_node=8 -m convirt_fast.train --preset mimic-paper \\
+        --data.path=prepared/mimic --model.text_encoder=/models/ClinicalBERT
+    python -m convirt_fast.train --help                              # every option, with its doc
+
+Multi-node: the same command on each node with torchrun's --nnodes/--node_rank/--rdzv_* options.
+"""
+
+from __future__ import annotations
+
+import sys
+
+from convirt_fast.cli import parse_args
+from convirt_fast.distributed import cleanup
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        cfg = parse_args(sys.argv[1:] if argv is None else argv)
+    except ValueError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    if isinstance(cfg, str):
+        print(cfg)
+        return 0
+    from convirt_fast.trainer import Trainer, format_summary
+
+    try:
+        trainer = Trainer(cfg)
+        summary = trainer.finish(trainer.fit())
+        if trainer.info.is_main:
+            print(format_summary(summary))
+    finally:
+        cleanup()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

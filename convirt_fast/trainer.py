@@ -1,0 +1,371 @@
+"""The Trainer owns the loop: data, model, parallelism, optimizer, schedule, validation,
+checkpoints, logging, and the final evaluation and export. `train.py` only builds the config."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import random
+import time
+from datetime import datetime
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+
+from convirt_fast.checkpoint import Checkpointer, CheckpointError, check_compatible, load_checkpoint
+from convirt_fast.config import Config
+from convirt_fast.distributed import DistInfo, all_gather_objects, barrier, broadcast_object, init_distributed, mean_across_ranks
+from convirt_fast.loss import ConVIRTLoss
+from convirt_fast.parallel import gradient_sync, resolve_parallel, unwrap, wrap_model
+from convirt_fast.run_log import RunLog, plot_losses
+from convirt_fast.schedule import LRSchedule
+
+
+class NonFiniteLoss(RuntimeError):
+    """A NaN or inf loss with train.on_nonfinite=stop; names the step and the studies."""
+
+
+def _resolve_data(cfg: Config, info: DistInfo) -> Path:
+    if cfg.data.path == "synthcxr":
+        from convirt_fast.data.synthcxr import ensure_synthcxr
+
+        cache = Path(cfg.data.cache_dir) if cfg.data.cache_dir else None
+        # ensure_synthcxr locks: rank 0 prepares, the others wait and reuse.
+        return ensure_synthcxr(cache, n=cfg.data.synth_n, seed=cfg.train.seed, size=cfg.data.synth_size,
+                               progress=info.is_main and cfg.train.progress)
+    if not cfg.data.path:
+        raise ValueError("data.path is empty: pass --data.path=<prepared folder> (python -m convirt_fast.prepare ...)")
+    return Path(cfg.data.path)
+
+
+def _rng_state() -> dict:
+    state = {"torch": torch.get_rng_state(), "python": random.getstate()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state()
+    return state
+
+
+def _set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    random.setstate(state["python"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state(state["cuda"])
+
+
+class Trainer:
+    def __init__(self, cfg: Config):
+        from convirt_fast.data.loader import ConVIRTLoader
+        from convirt_fast.data.manifest import load_manifest
+        from convirt_fast.models import build_model
+
+        self.cfg = cfg
+        self.info = info = init_distributed()
+        self.device = info.device
+        torch.manual_seed(cfg.train.seed)  # same initial weights on every rank
+        random.seed(cfg.train.seed + info.rank)
+        self.run_dir = self._run_dir()
+        self.manifest = load_manifest(_resolve_data(cfg, info))
+        self.tokenizer = self._tokenizer()
+        self.model, _ = build_model(cfg.model, tokenizer=self.tokenizer)
+        self.model.to(self.device)
+        use_bf16 = cfg.train.precision == "bf16" or (cfg.train.precision == "auto" and self.device.type == "cuda")
+        self.autocast_dtype = torch.bfloat16 if use_bf16 else None
+        self.parallel = resolve_parallel(cfg.train.parallel, info)
+        self.train_model = wrap_model(self.model, self.parallel, info, self.autocast_dtype)
+        if cfg.train.compile:
+            self.model.image_encoder.compile()
+            self.model.text_encoder.compile()
+        self.loss_fn = ConVIRTLoss(cfg.loss.tau, cfg.loss.lam, cfg.loss.learnable_tau, cfg.loss.gather,
+                                   backend=cfg.loss.backend).to(self.device)
+        params = [p for p in self.train_model.parameters() if p.requires_grad] + list(self.loss_fn.parameters())
+        self.optimizer = torch.optim.AdamW(params, lr=cfg.optim.lr, betas=cfg.optim.betas,
+                                           weight_decay=cfg.optim.weight_decay, fused=self.device.type == "cuda")
+        self.schedule = LRSchedule(cfg.optim.lr, cfg.optim.schedule, cfg.train.max_steps, cfg.optim.warmup_steps,
+                                   cfg.optim.plateau_patience, cfg.optim.plateau_factor)
+        common = dict(batch_size=cfg.data.batch_size, augment=cfg.data.augment, backend=cfg.data.backend,
+                      device=self.device, num_workers=cfg.data.num_workers, seed=cfg.train.seed, rank=info.rank,
+                      world_size=info.world_size, max_length=cfg.data.max_length)
+        self.loader = ConVIRTLoader(self.manifest, self.tokenizer, split="train", **common)
+        self.val_loader = self._validation_loader(ConVIRTLoader, common)
+        self.checkpointer = Checkpointer(self.run_dir / "checkpoints")
+        self.step = 0
+        self.validations = 0
+        self.skipped_nonfinite = 0
+        self.best_val = math.inf
+        resumed = self._maybe_resume()
+        self.log = RunLog(self.run_dir, enabled=info.is_main, tensorboard=cfg.train.tensorboard,
+                          resume_step=self.step if resumed else None)
+
+    # -- setup ---------------------------------------------------------------------------------
+
+    def _run_dir(self) -> Path:
+        cfg = self.cfg
+        name = cfg.train.run_name or broadcast_object(f"{cfg.preset}-{datetime.now():%Y%m%d-%H%M%S}")
+        run_dir = Path(cfg.train.out_dir) / name
+        if self.info.is_main:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            (run_dir / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
+        barrier()
+        return run_dir
+
+    def _tokenizer(self):
+        """A local tokenizer, or one trained on the training sentences (by rank 0, saved in the run)."""
+        from transformers import AutoTokenizer
+
+        from convirt_fast.text import SentenceIndex
+        from convirt_fast.text.tokenizer import load_tokenizer, train_wordpiece
+
+        if self.cfg.model.text_encoder:
+            return load_tokenizer(self.cfg.model.text_encoder)
+        folder = self.run_dir / "tokenizer"
+        if self.info.is_main and not (folder / "tokenizer.json").exists():
+            index = SentenceIndex.load(self.manifest.sentence_index_path)
+            train_rows = self.manifest.split_indices("train")
+            corpus = (s for r in train_rows for s in index.sentences(r))
+            train_wordpiece(corpus, vocab_size=self.cfg.model.vocab_size).save_pretrained(str(folder))
+        barrier()
+        return AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
+
+    def _validation_loader(self, loader_cls, common):
+        """Held-out pairs with the evaluation transform and a fixed sentence draw (epoch 0), so
+        every validation sees the same batches; full batches only (the loss depends on N)."""
+        if len(self.manifest.split_indices("validate")) < self.cfg.data.batch_size * self.info.world_size:
+            return None
+        return loader_cls(self.manifest, self.tokenizer, split="validate", train=False, drop_last=True, **common)
+
+    # -- checkpoints ---------------------------------------------------------------------------
+
+    def _full_state(self) -> tuple[dict, dict]:
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict
+
+        options = StateDictOptions(full_state_dict=True, cpu_offload=True)
+        return get_state_dict(self.train_model, self.optimizer, options=options)
+
+    def save(self, *, best: bool = False) -> None:
+        model_state, optim_state = self._full_state()  # collective
+        rng = all_gather_objects(_rng_state())
+        if self.info.is_main:
+            self.checkpointer.save({
+                "step": self.step, "config": self.cfg.to_dict(), "model": model_state, "optimizer": optim_state,
+                "loss": self.loss_fn.state_dict(), "schedule": self.schedule.state_dict(),
+                "loader": self.loader.state_dict(), "rng": rng, "validations": self.validations,
+                "best_val": self.best_val, "skipped_nonfinite": self.skipped_nonfinite,
+            }, best=best)
+        barrier()
+
+    def _maybe_resume(self) -> bool:
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, set_state_dict
+
+        resume = self.cfg.train.resume
+        if resume is None:
+            return False
+        path = self.checkpointer.last if resume == "auto" else Path(resume)
+        if resume == "auto" and not path.exists():
+            return False
+        state = load_checkpoint(path)
+        check_compatible(path, state["config"]["model"], self.cfg.to_dict()["model"])
+        if state["loader"].get("world_size") != self.info.world_size:
+            raise CheckpointError(f"{path}: saved with {state['loader'].get('world_size')} ranks, resuming with "
+                                  f"{self.info.world_size}: exact resume needs the same number of ranks")
+        try:
+            set_state_dict(self.train_model, self.optimizer, model_state_dict=state["model"],
+                           optim_state_dict=state["optimizer"], options=StateDictOptions(full_state_dict=True))
+        except (RuntimeError, KeyError, ValueError) as error:
+            raise CheckpointError(f"{path}: does not fit this model/optimizer: {error}") from None
+        self.loss_fn.load_state_dict(state["loss"])
+        self.schedule.load_state_dict(state["schedule"])
+        self.loader.load_state_dict(state["loader"])
+        self.step, self.validations = int(state["step"]), int(state["validations"])
+        self.best_val, self.skipped_nonfinite = float(state["best_val"]), int(state["skipped_nonfinite"])
+        _set_rng_state(state["rng"][self.info.rank])
+        if self.info.is_main:
+            print(f"resumed from {path} at step {self.step}")
+        return True
+
+    # -- the loop ------------------------------------------------------------------------------
+
+    def _autocast(self):
+        if self.autocast_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.autocast_dtype)
+
+    def _loss(self, batch) -> torch.Tensor:
+        with self._autocast():
+            out = self.train_model(batch["images"], batch["input_ids"], batch["attention_mask"])
+        return self.loss_fn(out["image"].float(), out["text"].float())
+
+    def _batches(self):
+        while True:  # epochs roll over; the loader keeps its position for resume
+            yield from self.loader
+
+    def train_step(self, micro_batches) -> tuple[float, bool]:
+        """One optimizer step over `grad_accum` micro-batches; (loss, finite)."""
+        for group in self.optimizer.param_groups:
+            group["lr"] = self.schedule.lr(self.step)
+        total = 0.0
+        finite = True
+        for i, batch in enumerate(micro_batches):
+            last = i == len(micro_batches) - 1
+            with gradient_sync(self.train_model, last):
+                loss = self._loss(batch)
+                finite_here = bool(torch.isfinite(loss))
+                finite_everywhere = mean_across_ranks(float(finite_here), self.device) == 1.0
+                if not finite_everywhere:
+                    finite = False
+                    if self.cfg.train.on_nonfinite == "stop":
+                        studies = [self.manifest.studies[r].study_id for r in batch["rows"].tolist()]
+                        raise NonFiniteLoss(f"non-finite loss at step {self.step} (rank {self.info.rank} loss "
+                                            f"{loss.item()}); studies of this rank's batch: {studies}")
+                    continue
+                (loss / len(micro_batches)).backward()
+                total += loss.item() / len(micro_batches)
+        if not finite:  # skip the whole step, counted
+            self.optimizer.zero_grad(set_to_none=True)
+            self.skipped_nonfinite += 1
+            return math.nan, False
+        if self.info.distributed:
+            for p in self.loss_fn.parameters():  # the temperature lives outside DDP/FSDP
+                if p.grad is not None:
+                    dist.all_reduce(p.grad)
+                    p.grad /= self.info.world_size
+        if self.cfg.optim.grad_clip:
+            torch.nn.utils.clip_grad_norm_([p for g in self.optimizer.param_groups for p in g["params"]],
+                                           self.cfg.optim.grad_clip)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return total, True
+
+    @torch.no_grad()
+    def validate(self) -> float | None:
+        if self.val_loader is None:
+            return None
+        self.val_loader.epoch, self.val_loader.position = 0, 0
+        self.train_model.eval()
+        losses = [self._loss(batch).item() for batch in self.val_loader]
+        self.train_model.train()
+        return mean_across_ranks(sum(losses) / len(losses), self.device)
+
+    def fit(self) -> dict:
+        cfg, info = self.cfg, self.info
+        pairs_per_step = cfg.data.batch_size * info.world_size * cfg.train.grad_accum
+        bar = None
+        if info.is_main and cfg.train.progress:
+            from tqdm import tqdm
+
+            bar = tqdm(total=cfg.train.max_steps, initial=self.step, desc="train", unit="step", dynamic_ncols=True)
+        batches = self._batches()
+        window, window_start, start_step, started = [], time.perf_counter(), self.step, time.perf_counter()
+        stopped_by = "max_steps"
+        while self.step < cfg.train.max_steps:
+            micro = [next(batches) for _ in range(cfg.train.grad_accum)]
+            loss, ok = self.train_step(micro)
+            self.step += 1
+            if ok:
+                window.append(loss)
+            if bar is not None:
+                bar.update(1)
+            if self.step % cfg.train.log_every == 0 and window:
+                seconds = time.perf_counter() - window_start
+                rate = len(window) * pairs_per_step / seconds
+                record = {"loss": sum(window) / len(window), "lr": self.schedule.lr(self.step - 1),
+                          "pairs_per_s": round(rate, 1), "tau": float(self.loss_fn.tau), "epoch": self.loader.epoch}
+                self.log.log(self.step, "train", **record)
+                if bar is not None:
+                    bar.set_postfix(loss=f"{record['loss']:.3f}", pairs_s=f"{rate:.0f}")
+                window, window_start = [], time.perf_counter()
+            if self.step % cfg.train.val_every == 0:
+                val = self.validate()
+                improved = False
+                if val is not None:
+                    self.validations += 1
+                    improved = self.schedule.validation(val)
+                    self.best_val = min(self.best_val, val)
+                    self.log.log(self.step, "validation", loss=val, best=self.best_val, lr_scale=self.schedule.scale)
+                    if bar is not None:
+                        bar.write(f"step {self.step}: validation loss {val:.4f} (best {self.best_val:.4f})")
+                self.save(best=improved)
+                if cfg.train.max_validations and self.validations >= cfg.train.max_validations:
+                    stopped_by = "max_validations"
+                    break
+            elif self.step % cfg.train.checkpoint_every == 0:
+                self.save()
+        if bar is not None:
+            bar.close()
+        if self.step % cfg.train.val_every and self.step % cfg.train.checkpoint_every:
+            self.save()
+        seconds = time.perf_counter() - started
+        return {"steps": self.step, "steps_this_run": self.step - start_step, "seconds": round(seconds, 1),
+                "pairs_per_s": round((self.step - start_step) * pairs_per_step / max(seconds, 1e-9), 1),
+                "best_validation_loss": None if math.isinf(self.best_val) else round(self.best_val, 4),
+                "skipped_nonfinite": self.skipped_nonfinite, "replaced_images": sum(self.loader.replaced.values()),
+                "stopped_by": stopped_by, "world_size": info.world_size, "parallel": self.parallel}
+
+    # -- the end -------------------------------------------------------------------------------
+
+    def finish(self, summary: dict) -> dict:
+        """Best weights back in, retrieval evaluation, exports, plot, summary (rank 0 writes)."""
+        from convirt_fast.eval.retrieval import evaluate_retrieval
+        from convirt_fast.models import export_image_encoder, export_text_encoder
+
+        if self.checkpointer.best.exists():
+            from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
+
+            best = load_checkpoint(self.checkpointer.best)
+            set_model_state_dict(self.train_model, best["model"], options=StateDictOptions(full_state_dict=True))
+            summary["evaluated_checkpoint"] = f"best (step {best['step']})"
+        else:
+            summary["evaluated_checkpoint"] = f"last (step {self.step})"
+        model_state, _ = self._full_state()
+        if not self.info.is_main:
+            barrier()
+            return summary
+        # Rank 0 evaluates and exports an unsharded copy of the model.
+        from convirt_fast.models import build_model
+
+        model, _ = build_model(self.cfg.model, tokenizer=self.tokenizer)
+        model.load_state_dict(model_state)
+        model.to(self.device).eval()
+        if self.cfg.train.evaluate:
+            result = evaluate_retrieval(model, self.manifest, self.tokenizer, device=self.device,
+                                        spec=self.cfg.data.augment, max_length=self.cfg.data.max_length)
+            if result is not None:
+                summary["retrieval"] = result
+                (self.run_dir / "retrieval.json").write_text(json.dumps(result, indent=2))
+        export_dir = self.run_dir / "export"
+        export_image_encoder(model, export_dir / "image_encoder.safetensors")
+        export_text_encoder(model, self.tokenizer, export_dir / "text_encoder")
+        plot = plot_losses(self.log.records(), self.run_dir / "loss.png")
+        summary["run_dir"] = str(self.run_dir)
+        summary["files"] = {"config": "config.json", "metrics": "metrics.jsonl", "checkpoints": "checkpoints/",
+                            "image_encoder": "export/image_encoder.safetensors", "text_encoder": "export/text_encoder/",
+                            **({"loss_plot": "loss.png"} if plot else {}),
+                            **({"retrieval": "retrieval.json"} if "retrieval" in summary else {})}
+        (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+        self.log.close()
+        barrier()
+        return summary
+
+
+def format_summary(summary: dict) -> str:
+    lines = ["", "=" * 72, "convirt_fast run summary", "=" * 72,
+             f"steps {summary['steps']} ({summary['steps_this_run']} this run) in {summary['seconds']} s, "
+             f"{summary['pairs_per_s']} pairs/s, {summary['world_size']} rank(s), parallel={summary['parallel']}",
+             f"best validation loss: {summary['best_validation_loss']}; stopped by {summary['stopped_by']}; "
+             f"evaluated: {summary.get('evaluated_checkpoint')}"]
+    if summary["skipped_nonfinite"] or summary["replaced_images"]:
+        lines.append(f"skipped non-finite steps: {summary['skipped_nonfinite']}; "
+                     f"unreadable images replaced: {summary['replaced_images']}")
+    if "retrieval" in summary:
+        r = summary["retrieval"]
+        lines.append(f"retrieval over {r['candidates']} candidates (chance {r['chance']}):")
+        for task in ("image_to_image", "text_to_image"):
+            if task in r:
+                o = r[task]["overall"]
+                lines.append(f"  {task.replace('_', ' ')}: " + ", ".join(f"{k} {v:.3f}" for k, v in o.items()))
+    if "run_dir" in summary:
+        lines.append(f"run folder: {summary['run_dir']}")
+        lines.extend(f"  {name}: {path}" for name, path in summary["files"].items())
+    lines.append("=" * 72)
+    return "\n".join(lines)

@@ -1,0 +1,291 @@
+"""The trainer on tiny models: DDP and FSDP2 on 2 gloo ranks, exact resume, checkpoints, the CLI."""
+
+import json
+import math
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+import torch.multiprocessing as mp
+
+from convirt_fast.checkpoint import CheckpointError, Checkpointer, atomic_torch_save, load_checkpoint
+from convirt_fast.cli import field_docs, parse_args
+from convirt_fast.config import Config, DataConfig, LossConfig, ModelConfig, OptimConfig, TrainConfig
+from convirt_fast.data.augment import AugmentSpec
+
+
+def tiny_config(tmp_path, cache, **train) -> Config:
+    train_cfg = dict(max_steps=6, val_every=3, log_every=1, checkpoint_every=3, out_dir=str(tmp_path),
+                     run_name="run", progress=False, evaluate=False)
+    train_cfg.update(train)
+    return Config(
+        preset="test",
+        model=ModelConfig(image_encoder="resnet18", text_layers=2, text_hidden=32, text_heads=2, vocab_size=300,
+                          freeze_text_layers=1, projection_dim=16, channels_last=False),
+        data=DataConfig(path="synthcxr", synth_n=60, synth_size=64, cache_dir=str(cache), batch_size=4,
+                        num_workers=0, max_length=24, augment=AugmentSpec(output_size=32), backend="torch"),
+        loss=LossConfig(tau=0.1, lam=0.75),
+        optim=OptimConfig(lr=1e-3, schedule="plateau"),
+        train=TrainConfig(**train_cfg),
+    )
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory):
+    from convirt_fast.data.synthcxr import ensure_synthcxr
+
+    folder = tmp_path_factory.mktemp("synth-cache")
+    ensure_synthcxr(folder, n=60, seed=0, size=64, workers=1, progress=False)
+    return folder
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def parameters_of(model) -> dict[str, torch.Tensor]:
+    """Full (unsharded) parameters, on every rank."""
+    out = {}
+    for name, p in model.named_parameters():
+        t = p.full_tensor() if hasattr(p, "full_tensor") else p
+        out[name.replace("module.", "")] = t.detach().cpu().clone()
+    return out
+
+
+def _rank_main(rank, world, port, cfg_dict, out_dir):
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
+                      LOCAL_RANK=str(rank))
+    torch.set_num_threads(1)
+    from convirt_fast.distributed import all_gather_objects, cleanup
+    from convirt_fast.trainer import Trainer
+
+    trainer = Trainer(Config.from_dict(cfg_dict))
+    # The loss on one fixed batch (seen in training), before and after: a noise-free "it learns".
+    fixed = next(iter(trainer.loader))
+    trainer.loader.epoch, trainer.loader.position = 0, 0
+
+    def fixed_loss():
+        trainer.train_model.eval()
+        with torch.no_grad():
+            value = trainer._loss(fixed).item()
+        trainer.train_model.train()
+        return value
+
+    before = fixed_loss()
+    summary = trainer.fit()
+    after = fixed_loss()
+    params = parameters_of(trainer.train_model)
+    checksums = {k: (v.double().sum().item(), v.double().square().sum().item()) for k, v in params.items()}
+    every_rank = all_gather_objects(checksums)
+    if rank == 0:
+        torch.save(params, os.path.join(out_dir, "params.pt"))
+        losses = [r["loss"] for r in trainer.log.records() if r["kind"] == "train"]
+        with open(os.path.join(out_dir, "result.json"), "w") as f:
+            json.dump({"summary": summary, "losses": losses, "fixed_batch_loss": [before, after],
+                       "ranks_agree": all(c == every_rank[0] for c in every_rank)}, f)
+    cleanup()
+
+
+def run_two_ranks(cfg: Config, out_dir) -> dict:
+    mp.spawn(_rank_main, args=(2, free_port(), cfg.to_dict(), str(out_dir)), nprocs=2, join=True)
+    result = json.loads((out_dir / "result.json").read_text())
+    result["params"] = torch.load(out_dir / "params.pt", weights_only=True)
+    return result
+
+
+@pytest.fixture(scope="module")
+def two_rank_runs(tmp_path_factory, cache):
+    runs = {}
+    for parallel in ("ddp", "fsdp"):
+        out = tmp_path_factory.mktemp(parallel)
+        cfg = tiny_config(out, cache, parallel=parallel, max_steps=8, val_every=4, checkpoint_every=4)
+        runs[parallel] = run_two_ranks(cfg, out)
+    return runs
+
+
+@pytest.mark.parametrize("parallel", ["ddp", "fsdp"])
+def test_two_ranks_learn_and_agree(two_rank_runs, parallel):
+    run = two_rank_runs[parallel]
+    assert run["summary"]["parallel"] == parallel and run["summary"]["world_size"] == 2
+    assert run["ranks_agree"]
+    losses = run["losses"]
+    assert len(losses) == 8 and all(math.isfinite(x) for x in losses)
+    before, after = run["fixed_batch_loss"]
+    assert after < before - 0.05  # 8 steps at lr 1e-3 fit a batch they trained on
+
+
+def test_fsdp_and_ddp_reach_the_same_parameters(two_rank_runs):
+    ddp, fsdp = two_rank_runs["ddp"]["params"], two_rank_runs["fsdp"]["params"]
+    assert ddp.keys() == fsdp.keys()
+    for name in ddp:
+        assert torch.allclose(ddp[name], fsdp[name], atol=2e-4, rtol=1e-3), name
+
+
+def test_resume_is_exact(tmp_path, cache):
+    straight = tiny_config(tmp_path / "a", cache, max_steps=6)
+    from convirt_fast.trainer import Trainer
+
+    a = Trainer(straight)
+    a.fit()
+    expected = parameters_of(a.train_model)
+    first = tiny_config(tmp_path / "b", cache, max_steps=3)
+    Trainer(first).fit()
+    second = tiny_config(tmp_path / "b", cache, max_steps=6)  # same run folder: resume=auto
+    b = Trainer(second)
+    assert b.step == 3
+    b.fit()
+    got = parameters_of(b.train_model)
+    for name in expected:
+        assert torch.allclose(got[name], expected[name], atol=1e-6), name
+    losses_a = [r["loss"] for r in a.log.records() if r["kind"] == "train"]
+    losses_b = [r["loss"] for r in b.log.records() if r["kind"] == "train"]
+    assert losses_a == pytest.approx(losses_b, abs=1e-6)
+
+
+def test_end_to_end_outputs(tmp_path, cache):
+    from safetensors.torch import load_file
+    from torchvision.models import resnet18
+
+    from convirt_fast.models import expand_stem
+    from convirt_fast.trainer import Trainer, format_summary
+
+    cfg = tiny_config(tmp_path, cache, max_steps=4, val_every=2, evaluate=True)
+    trainer = Trainer(cfg)
+    summary = trainer.finish(trainer.fit())
+    run = tmp_path / "run"
+    for name in ("config.json", "metrics.jsonl", "summary.json", "loss.png", "retrieval.json",
+                 "checkpoints/last.pt", "checkpoints/best.pt", "export/image_encoder.safetensors"):
+        assert (run / name).exists(), name
+    assert summary["retrieval"]["text_to_image"]["overall"]["P@10"] >= 0
+    assert "retrieval over" in format_summary(summary)
+    net = resnet18()
+    net.fc = torch.nn.Identity()
+    net.load_state_dict(expand_stem(load_file(run / "export/image_encoder.safetensors")), strict=True)
+    assert Config.from_dict(json.loads((run / "config.json").read_text())).model == cfg.model
+
+
+def test_nonfinite_loss_stops_with_step_and_studies(tmp_path, cache, monkeypatch):
+    from convirt_fast.trainer import NonFiniteLoss, Trainer
+
+    trainer = Trainer(tiny_config(tmp_path, cache))
+    monkeypatch.setattr(trainer.loss_fn, "forward", lambda v, u: (v.sum() + u.sum()) * math.nan)
+    with pytest.raises(NonFiniteLoss, match=r"step 0 .*studies of this rank's batch: \['S"):
+        trainer.fit()
+
+
+def test_nonfinite_loss_skips_when_asked(tmp_path, cache, monkeypatch):
+    from convirt_fast.trainer import Trainer
+
+    trainer = Trainer(tiny_config(tmp_path, cache, on_nonfinite="skip", max_steps=3, val_every=10))
+    real = trainer.loss_fn.forward
+    calls = []
+
+    def sometimes_nan(v, u):
+        calls.append(1)
+        loss = real(v, u)
+        return loss * math.nan if len(calls) == 2 else loss
+
+    monkeypatch.setattr(trainer.loss_fn, "forward", sometimes_nan)
+    before = parameters_of(trainer.train_model)
+    summary = trainer.fit()
+    assert summary["skipped_nonfinite"] == 1 and summary["steps"] == 3
+    after = parameters_of(trainer.train_model)
+    assert all(torch.isfinite(v).all() for v in after.values())
+    assert any(not torch.equal(before[k], after[k]) for k in before)
+
+
+# ----------------------------------------------------------------------------------------------
+# Checkpoint files
+
+
+def test_truncated_and_foreign_checkpoints(tmp_path):
+    ckpt = Checkpointer(tmp_path)
+    ckpt.save({"step": 1, "model": {"w": torch.ones(1000)}, "config": {}})
+    data = ckpt.last.read_bytes()
+    (tmp_path / "cut.pt").write_bytes(data[: len(data) // 2])
+    with pytest.raises(CheckpointError, match="cut.pt: not a readable checkpoint"):
+        load_checkpoint(tmp_path / "cut.pt")
+    torch.save({"state_dict": {}}, tmp_path / "foreign.pt")
+    with pytest.raises(CheckpointError, match="foreign.pt: not a convirt_fast checkpoint"):
+        load_checkpoint(tmp_path / "foreign.pt")
+    with pytest.raises(CheckpointError, match="missing.pt: checkpoint not found"):
+        load_checkpoint(tmp_path / "missing.pt")
+    assert load_checkpoint(ckpt.last)["step"] == 1
+
+
+_WRITER = """
+import sys, torch
+from convirt_fast.checkpoint import Checkpointer
+ckpt = Checkpointer(sys.argv[1])
+big = {"w": torch.randn(64, 1024, 1024)}  # 256 MB: the kill lands mid-write
+print("writing", flush=True)
+while True:
+    ckpt.save({"step": 2, "model": big, "config": {}})
+"""
+
+
+def test_kill_while_writing_keeps_the_previous_checkpoint(tmp_path):
+    ckpt = Checkpointer(tmp_path)
+    ckpt.save({"step": 1, "model": {"w": torch.zeros(3)}, "config": {}})
+    proc = subprocess.Popen([sys.executable, "-c", _WRITER, str(tmp_path)], stdout=subprocess.PIPE)
+    assert proc.stdout.readline().strip() == b"writing"
+    deadline = time.time() + 60
+    while not list(tmp_path.glob(".last.pt.*.tmp")) and time.time() < deadline:
+        time.sleep(0.01)
+    assert list(tmp_path.glob(".last.pt.*.tmp")), "the writer never started a temporary file"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    state = load_checkpoint(ckpt.last)  # whatever the kill interrupted, last.pt is whole
+    assert state["step"] in (1, 2)
+
+
+def test_atomic_save_leaves_no_temporary_on_error(tmp_path):
+    with pytest.raises(Exception):
+        atomic_torch_save({"f": lambda: None}, tmp_path / "x.pt")  # lambdas do not pickle
+    assert not list(tmp_path.iterdir())
+
+
+# ----------------------------------------------------------------------------------------------
+# Command line
+
+
+def test_cli_overrides_and_help():
+    cfg = parse_args(["--preset", "mimic-paper", "--data.batch_size=64", "--data.augment.crop_area=(0.5,1.0)",
+                      "--model.image_weights", "none", "--train.compile=true", "--optim.grad_clip=1.0"])
+    assert cfg.preset == "mimic-paper" and cfg.data.batch_size == 64 and cfg.data.augment.crop_area == (0.5, 1.0)
+    assert cfg.model.image_weights is None and cfg.train.compile is True and cfg.optim.grad_clip == 1.0
+    assert cfg.optim.lr == 1e-4 and cfg.train.val_every == 5000 and cfg.loss.lam == 0.75
+    text = parse_args(["--help"])
+    for section in (ModelConfig, DataConfig, LossConfig, OptimConfig, TrainConfig, AugmentSpec):
+        docs = field_docs(section)
+        assert docs, section
+        for name, doc in docs.items():
+            nested = f".{name}." in text  # a nested section lists its own fields
+            assert nested or (f".{name}=" in text and doc[:40] in " ".join(text.split())), name
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--data.batch_size=lots"], "expected int"),
+    (["--data.nope=1"], "unknown option --data.nope"),
+    (["--preset", "huge"], "unknown preset"),
+    (["--train.parallel=mpi"], "train.parallel must be one of"),
+    (["--loss.tau=-1"], "tau > 0"),
+    (["positional"], "unexpected argument"),
+])
+def test_cli_errors(argv, message):
+    with pytest.raises(ValueError, match=message):
+        parse_args(argv)
+
+
+def test_presets():
+    large = parse_args(["--preset", "mimic-large-batch"])
+    assert large.loss.gather and large.train.parallel == "fsdp"
+    default = parse_args([])
+    assert default.preset == "cpu-default" and default.data.path == "synthcxr"
