@@ -44,6 +44,7 @@ COL_SCRATCH_BYTES = 256 << 20
 # K = 256 and N = 256, still large enough for cuBLAS to run near peak).
 STRIP_BYTES = 128 << 20
 STRIP_COLS_MAX = 1024
+COL_BLOCK = 1024  # columns per program of the column merge (and loss partial sums)
 
 
 @triton.jit
@@ -329,7 +330,7 @@ def lse(X, Y, a, b, tau, d_row, d_col, offset: int = 0, lam=None):
         BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, UPCAST=_upcast(X.dtype),
         PRECISION=_precision(X.dtype), num_warps=warps, num_stages=stages)
     lc = torch.empty(N, device=X.device, dtype=torch.float32)
-    block = min(1024, _pow2(N))
+    block = min(COL_BLOCK, _pow2(N))
     n_blocks = triton.cdiv(N, block)
     with_loss = lam is not None
     # one block writes the loss itself (a 0-d tensor): no extra reduction launch at small N
