@@ -70,6 +70,7 @@ def _estimated_bytes(provider: str, n: int) -> int:
 
 def _available_bytes() -> int:
     if CUDA:
+        torch.cuda.empty_cache()  # earlier cases' cached blocks would read as used
         return torch.cuda.mem_get_info()[0]
     meminfo = open("/proc/meminfo").read()
     return int(re.search(r"MemAvailable:\s+(\d+) kB", meminfo).group(1)) * 1024 // 2
