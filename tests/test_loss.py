@@ -4,6 +4,7 @@ On a CPU the Triton kernels run under TRITON_INTERPRET=1 (set here before Triton
 tests (@pytest.mark.gpu) check the compiled kernels with flash-attention's accuracy rule.
 """
 
+import importlib.util
 import math
 import os
 
@@ -20,8 +21,9 @@ from convirt_fast.kernels import convirt_loss  # noqa: E402
 from convirt_fast.kernels import torch_loss  # noqa: E402
 from convirt_fast.kernels.reference import convirt_loss_reference  # noqa: E402
 
-INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
-needs_interpreter = pytest.mark.skipif(not INTERPRET, reason="Triton on CPU tensors needs TRITON_INTERPRET=1")
+INTERPRET = os.environ.get("TRITON_INTERPRET") == "1" and importlib.util.find_spec("triton") is not None
+needs_interpreter = pytest.mark.skipif(
+    not INTERPRET, reason="Triton on CPU tensors needs Triton and TRITON_INTERPRET=1 (set here without CUDA)")
 CPU_BACKENDS = [pytest.param("triton", marks=needs_interpreter), "torch"]
 
 # Max error relative to the largest reference value, against an fp64 reference on the same
