@@ -19,8 +19,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from PIL import Image
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
+
+from _paper_recipe import PaperImages
 
 from convirt_fast.data.augment import AugmentSpec
 from convirt_fast.data.augment_dali import dali_available
@@ -49,33 +50,8 @@ def manifest(tmp_path_factory):
     return load_manifest(out)
 
 
-class _PerSample(Dataset):
-    """The paper's pipeline, torchvision style: decode and transform one image at a time."""
-
-    def __init__(self, paths, spec: AugmentSpec):
-        from torchvision import transforms as T
-
-        self.paths = paths
-        self.transform = T.Compose([
-            T.RandomResizedCrop(spec.output_size, scale=spec.crop_area, ratio=spec.crop_ratio),
-            T.RandomHorizontalFlip(spec.flip_p),
-            T.RandomAffine(spec.rotation_deg, translate=(spec.translate, spec.translate), scale=spec.scale),
-            T.ColorJitter(brightness=(spec.brightness[0], spec.brightness[1]), contrast=spec.contrast),
-            T.RandomApply([T.GaussianBlur(spec.blur_kernel_size, spec.blur_sigma)], p=spec.blur_p),
-            T.ToTensor(),
-            T.Normalize([spec.mean], [spec.std]),
-        ])
-
-    def __len__(self):
-        return NUM_IMAGES
-
-    def __getitem__(self, i):
-        with Image.open(self.paths[i % len(self.paths)]) as image:
-            return self.transform(image.convert("L"))
-
-
 def _epoch_torchvision(paths, spec):
-    loader = DataLoader(_PerSample(paths, spec), batch_size=BATCH, num_workers=WORKERS, drop_last=True)
+    loader = DataLoader(PaperImages(paths, spec, NUM_IMAGES), batch_size=BATCH, num_workers=WORKERS, drop_last=True)
     count = 0
     for images in loader:
         images = images.to(DEVICE)
@@ -109,7 +85,8 @@ def test_augment_throughput(benchmark, manifest, provider):
         count = benchmark.pedantic(_epoch_ours, args=(manifest, provider, spec), rounds=3, iterations=1)
     rate = count / benchmark.stats.stats.median
     _rates[provider] = rate
-    benchmark.extra_info.update(images=count, images_per_s=round(rate, 1), device=DEVICE, workers=WORKERS,
+    benchmark.extra_info.update(group="augment", provider=provider, baselines=["torchvision"],
+                                images=count, images_per_s=round(rate, 1), device=DEVICE, workers=WORKERS,
                                 source="covid-cxr" if (COVID / "pairs.csv").exists() else "synthcxr")
     if provider != "torchvision" and "torchvision" in _rates:
         benchmark.extra_info["speedup_vs_torchvision"] = round(rate / _rates["torchvision"], 2)
