@@ -4,8 +4,8 @@
 #     scripts/gpu_check.sh                 # results and logs in ./gpu_check_out
 #     OUT=/some/dir scripts/gpu_check.sh   # ... or in $OUT
 #
-# Writes under $OUT (flat, at most 8 files): gpu_tests.log and gpu_tests.xml (pytest -m gpu tests/),
-# bench.log and <suite>_cuda.json per benchmark suite (benchmarks/conftest.py), env.txt.
+# Writes under $OUT (flat, few files: the device tool fetches at most 8): env.txt, gpu_tests.log
+# (pytest -m gpu tests/), bench.log and <suite>_cuda.json per benchmark suite (benchmarks/conftest.py).
 #
 # The package need not be installed, and nothing is compiled: a throw-away import shim makes
 # `convirt_fast` importable from this checkout. Its __init__ sets the package's __path__ to
@@ -13,7 +13,7 @@
 # setup.py's package_dir maps it) and then runs the real convirt_fast/__init__.py. PYTHONSAFEPATH=1
 # keeps the working directory off sys.path, so the un-shimmed <repo>/convirt_fast cannot shadow it.
 # Modules that need the C++ extension (convirt_fast._C, not built here) fail to import; their
-# tests are CPU tests anyway, and --continue-on-collection-errors keeps them from stopping the run.
+# tests are CPU tests anyway: only files whose GPU tests collect are run.
 #
 # Knobs (environment): PYTHON (default python3), GPU_CHECK_TESTS (default tests/),
 # GPU_CHECK_BENCH (default: benchmarks/bench_loss.py first, then the other suites in benchmarks/),
@@ -59,12 +59,24 @@ fi
 
 status=0
 echo "== GPU tests (timeout ${TEST_TIMEOUT}s) =="
-timeout -s INT -k 20 "$TEST_TIMEOUT" "$PYTHON" -m pytest -m gpu ${GPU_CHECK_TESTS:-tests/} -p no:cacheprovider \
-  --continue-on-collection-errors -q -rs --junitxml="$OUT/gpu_tests.xml" 2>&1 | tee "$OUT/gpu_tests.log"
-rc=${PIPESTATUS[0]}
-# 5: no test selected (a CPU machine); 1: failures; 2: interrupted/collection errors; 124: timeout
-echo "gpu tests exit code: $rc" | tee -a "$OUT/gpu_tests.log"
-[ "$rc" -eq 0 ] || [ "$rc" -eq 5 ] || status=1
+# Collect first and run only the files whose GPU tests collected: a module that cannot be imported
+# here (the C++ extension, a missing test dependency) holds no runnable GPU test, and its import
+# error, listed in the log, must not fail the check.
+"$PYTHON" -m pytest -m gpu ${GPU_CHECK_TESTS:-tests/} -p no:cacheprovider --collect-only -q \
+  --continue-on-collection-errors >"$OUT/gpu_tests.log" 2>&1
+files=$(grep -o '^[^:[:space:]]*\.py::' "$OUT/gpu_tests.log" | sed 's/::$//' | sort -u)
+grep -E '^(ERROR|E  )' "$OUT/gpu_tests.log" | head -20
+if [ -z "$files" ]; then
+  echo "no GPU test collected" | tee -a "$OUT/gpu_tests.log"
+else
+  echo "running the GPU tests of:" $files | tee -a "$OUT/gpu_tests.log"
+  timeout -s INT -k 20 "$TEST_TIMEOUT" "$PYTHON" -m pytest -m gpu $files -p no:cacheprovider -q -rs \
+    2>&1 | tee -a "$OUT/gpu_tests.log"
+  rc=${PIPESTATUS[0]}
+  # 0: passed; 5: none selected; 1: failures; 2: interrupted; 124: timed out
+  echo "gpu tests exit code: $rc" | tee -a "$OUT/gpu_tests.log"
+  [ "$rc" -eq 0 ] || [ "$rc" -eq 5 ] || status=1
+fi
 
 echo "== GPU benchmarks (timeout ${BENCH_TIMEOUT}s) =="
 start=$(date +%s)
