@@ -23,7 +23,7 @@ FLOPs for forward + backward, N x N, dimension D (GEMM work; everything else is 
                       triton_loss._grad_strip_kernel), then W += H @ y[c0:c1] and
                       V[c0:c1] = H^T @ x (2 N w D each, cuBLAS with fp32 output).
   total     8 N^2 D   the minimum: one GEMM forward, one recompute + two gradient GEMMs backward.
-The forward does not compute the gradients (as Liger's losses do): G needs every c_j, which is only
+The forward does not compute the gradients (as Liger's losses do): G needs every lc_j, which is only
 known after the whole pass, so that would take a second pass in the forward (same 8 N^2 D) and make
 forward-only evaluation (validation loss) 4x dearer.
 
