@@ -89,7 +89,9 @@ def _mm_f32(a: Tensor, b: Tensor, out: Tensor | None = None, accumulate: bool = 
                 raise
             except (TypeError, NotImplementedError, RuntimeError):  # missing or unsupported here
                 _OUT_DTYPE_MM[0] = False
-        prod = (a @ b).float()  # older torch: a 16-bit product, then upcast
+        # older torch: a bf16 product, then upcast; fp16 products could overflow (a row of Q may
+        # sum to N), so those multiply in fp32
+        prod = (a @ b).float() if a.dtype == torch.bfloat16 else a.float() @ b.float()
         return out.add_(prod) if accumulate else (out.copy_(prod) if out is not None else prod)
     a, b = a.float(), b.float()
     if accumulate:
