@@ -148,7 +148,7 @@ def test_train_step(benchmark, data, provider, models, batch_size):
     rate = benchmark.pedantic(run, rounds=1, iterations=1)
     key = (models, batch_size)
     _rates.setdefault(key, {})[provider] = rate
-    benchmark.extra_info.update(provider=provider, models=models, batch_size=batch_size, pairs_per_s=round(rate, 1),
+    benchmark.extra_info.update(group=f"{models} batch {batch_size}", provider=provider, pairs_per_s=round(rate, 1),
                                 image_size=size, steps=STEPS, device=str(DEVICE))
     if provider != "paper_recipe" and "paper_recipe" in _rates[key]:
         benchmark.extra_info["pairs_per_s_vs_paper_recipe"] = round(rate / _rates[key]["paper_recipe"], 2)

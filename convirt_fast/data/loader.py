@@ -63,6 +63,7 @@ class _BatchPlan:
     read_bytes: bool
     tokenizer: object
     max_length: int
+    augment_in_worker: bool = False
     epoch: int = 0
     share: list[int] = field(default_factory=list)
 
@@ -121,6 +122,8 @@ class _EpochBatches(Dataset):
             out["encoded"] = [data for data, _, _ in items]
         else:
             out["pixels"], _, _, out["max_value"] = pad_batch([data for data, _, _ in items])
+            if plan.augment_in_worker:
+                out["images"] = _augment_torch(out.pop("pixels"), out.pop("max_value"), out, plan)
         if plan.tokenizer is not None:
             sentences = self._sentence_index().sample(rows, seed=plan.sampler.seed, epoch=epoch)
             tokens = plan.tokenizer(sentences, padding="longest", truncation=True, max_length=plan.max_length,
@@ -128,6 +131,13 @@ class _EpochBatches(Dataset):
             out["input_ids"], out["attention_mask"] = tokens["input_ids"], tokens["attention_mask"]
             out["sentences"] = sentences
         return out
+
+
+def _augment_torch(pixels: torch.Tensor, max_value: float, raw: dict, plan: _BatchPlan) -> torch.Tensor:
+    images = to_unit_float(pixels, max_value)
+    if plan.train:
+        return augment_batch(images, raw["params"], plan.spec)
+    return eval_batch(images, raw["matrix"], plan.spec)
 
 
 def _no_collate(batch):
@@ -167,8 +177,12 @@ class ConVIRTLoader:
         sampler = StudySampler(rows, batch_size, seed=seed, rank=rank, world_size=world_size,
                                drop_last=train if drop_last is None else drop_last)
         images = [[str(p) for p in manifest.image_paths(i)] for i in range(len(manifest))]
+        # On a CPU the workers run the batched augmentation too, overlapping it with the step;
+        # on a GPU it runs on the device, in the main process.
+        augment_in_worker = self.backend == "torch" and self.device.type == "cpu" and num_workers > 0
         self._plan = _BatchPlan(images, str(index_path), sampler, self.spec, train,
-                                read_bytes=self.backend == "dali", tokenizer=tokenizer, max_length=max_length)
+                                read_bytes=self.backend == "dali", tokenizer=tokenizer, max_length=max_length,
+                                augment_in_worker=augment_in_worker)
         self.sampler = sampler
         self.epoch = 0
         self.position = 0  # next batch index within the epoch
@@ -223,12 +237,11 @@ class ConVIRTLoader:
                 self._dali = None
                 raw = _EpochBatches(dataclasses.replace(self._plan, read_bytes=False))[raw["batch"]]
                 return self._finish(raw, force_torch=True)
-        if images is None:
-            pixels = to_unit_float(raw.pop("pixels").to(self.device, non_blocking=True), raw.pop("max_value"))
-            if self.train:
-                images = augment_batch(pixels, raw["params"], self.spec)
-            else:
-                images = eval_batch(pixels, raw["matrix"], self.spec)
+        if images is None and "images" in raw:  # augmented in the worker (CPU training)
+            images = raw["images"]
+        elif images is None:
+            pixels = raw.pop("pixels").to(self.device, non_blocking=True)
+            images = _augment_torch(pixels, raw.pop("max_value"), raw, self._plan)
         batch = {"images": images, "rows": raw["rows"]}
         if "input_ids" in raw:
             batch["input_ids"] = raw["input_ids"].to(self.device, non_blocking=True)
