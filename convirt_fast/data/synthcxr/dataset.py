@@ -24,7 +24,7 @@ from convirt_fast.data.synthcxr.render import render, sample_nuisance
 from convirt_fast.data.synthcxr.reports import write_report
 
 #: Bump when the generator's output changes: cached data sets are keyed by it.
-GENERATOR_VERSION = 2
+GENERATOR_VERSION = 3
 FINDING_COUNTS = (0, 1, 2, 3)
 FINDING_COUNT_P = (0.2, 0.35, 0.3, 0.15)
 CANDIDATE = "candidate"

@@ -99,15 +99,18 @@ NORMAL_IMPRESSION = [
     "No acute intrathoracic abnormality.",
 ]
 
+# Negations are sparser than in MIMIC (35% per absent finding) and never word-for-word the
+# positive held-out queries with "no" added: the default CPU run has minutes to learn them.
 NEGATION = {
     F.CARDIOMEGALY: ["Heart size is normal.", "The heart is normal in size.", "Normal heart size.", "The cardiomediastinal silhouette is within normal limits."],
-    F.EFFUSION: ["No pleural effusion.", "There is no pleural effusion.", "No pleural effusion is seen.", "The costophrenic angles are sharp."],
-    F.PNEUMOTHORAX: ["No pneumothorax.", "There is no pneumothorax.", "No pneumothorax is seen.", "No evidence of pneumothorax."],
+    F.EFFUSION: ["No pleural effusion.", "There is no pleural effusion.", "The costophrenic angles are sharp."],
+    F.PNEUMOTHORAX: ["No pneumothorax.", "There is no pneumothorax.", "No evidence of pneumothorax."],
     F.EDEMA: ["No pulmonary edema.", "There is no evidence of pulmonary edema.", "Pulmonary vascularity is normal."],
     F.PNEUMONIA: ["No focal consolidation.", "No focal consolidation to suggest pneumonia.", "There is no consolidation."],
     F.ATELECTASIS: ["No atelectasis.", "There is no atelectasis.", "The lungs are well expanded."],
-    F.FRACTURE: ["No acute osseous abnormality.", "No displaced fracture is seen.", "The osseous structures are intact."],
+    F.FRACTURE: ["No acute osseous abnormality.", "No fracture.", "The osseous structures are intact."],
 }
+NEGATION_P = 0.35
 PARENCHYMAL = {F.EDEMA, F.PNEUMONIA, F.ATELECTASIS, F.PNEUMOTHORAX, F.EFFUSION}
 CLEAR_LUNGS = ["The lungs are clear.", "Both lungs are clear.", "The lungs are clear without focal opacity."]
 ALWAYS_NORMAL = ["The mediastinal contours are normal.", "The hilar contours are unremarkable.", "The trachea is midline."]
@@ -120,20 +123,21 @@ INDICATION = [
     "Preoperative evaluation.",
 ]
 
-#: Held-out retrieval queries: five per category, none of them ever written in a report.
+#: Held-out retrieval queries: five per category, none of them ever written in a report, each
+#: made only of words that the reports use (a test checks both).
 TEXT_QUERIES = {
     F.ATELECTASIS: [
         "Atelectasis is present.",
         "There is atelectasis at the lung base.",
-        "Subsegmental atelectasis is seen.",
+        "Discoid atelectasis is seen.",
         "Linear atelectasis at the base of the lung.",
         "Findings of atelectasis with volume loss.",
     ],
     F.CARDIOMEGALY: [
         "The cardiac silhouette is enlarged.",
         "There is cardiomegaly.",
-        "The heart appears enlarged.",
-        "Cardiac enlargement is seen.",
+        "The heart is moderately enlarged.",
+        "Enlargement of the heart is seen.",
         "Enlarged cardiac silhouette is present.",
     ],
     F.EDEMA: [
@@ -145,36 +149,36 @@ TEXT_QUERIES = {
     ],
     F.FRACTURE: [
         "A fracture is seen.",
-        "There is a bone fracture.",
+        "There is a rib fracture.",
         "Acute fracture is present.",
-        "Fracture with cortical step-off.",
-        "Displaced fracture is identified.",
+        "Fracture with step-off.",
+        "A displaced fracture is present.",
     ],
     F.EFFUSION: [
         "Pleural effusion is seen.",
         "There is pleural fluid.",
-        "Costophrenic angle blunting from pleural fluid.",
+        "Costophrenic angle blunting with pleural fluid.",
         "Moderate pleural effusion is present.",
-        "Effusion in the pleural space.",
+        "Pleural effusion obscures the hemidiaphragm.",
     ],
     F.PNEUMONIA: [
         "Pneumonia is present.",
         "There is pneumonia.",
-        "Lobar consolidation consistent with pneumonia.",
+        "Lobe consolidation consistent with pneumonia.",
         "Findings concerning for pneumonia.",
         "Consolidation with air bronchograms is seen.",
     ],
     F.PNEUMOTHORAX: [
         "Pneumothorax is present.",
         "A pneumothorax is seen.",
-        "Visible pleural line with absent lung markings.",
+        "Pleural line without lung markings.",
         "There is pneumothorax at the apex.",
-        "Pleural air with partial lung collapse.",
+        "Apical pneumothorax is seen.",
     ],
     F.NO_FINDING: [
         "The lungs are clear and the heart is normal.",
         "No acute intrathoracic process.",
-        "Normal chest x-ray.",
+        "The chest is normal.",
         "Heart and lungs are normal.",
         "No abnormality is seen.",
     ],
@@ -219,7 +223,7 @@ def write_report(found: list[F.Finding], rng: np.random.Generator) -> str:
             positives.append(_fill(bank[int(j)], f))
     others = []
     for name in F.FINDINGS:
-        if name not in names and rng.random() < 0.5:
+        if name not in names and rng.random() < NEGATION_P:
             others.append(_pick(rng, NEGATION[name]))
     if not names & PARENCHYMAL and rng.random() < 0.8:
         others.append(_pick(rng, CLEAR_LUNGS))
