@@ -20,7 +20,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -64,14 +64,16 @@ class _BatchPlan:
     tokenizer: object
     max_length: int
     augment_in_worker: bool = False
-    epoch: int = 0
-    share: list[int] = field(default_factory=list)
 
 
 class _EpochBatches(Dataset):
+    """Item (epoch, b): batch b of that epoch. One dataset (and, with workers, one set of
+    persistent worker processes) serves every epoch."""
+
     def __init__(self, plan: _BatchPlan):
         self.plan = plan
         self._index = None
+        self._share_epoch, self._share = None, []
 
     def __len__(self) -> int:
         return self.plan.sampler.num_batches()
@@ -96,10 +98,18 @@ class _EpochBatches(Dataset):
         pixels = read_image(path)
         return pixels, pixels.shape[0], pixels.shape[1]
 
-    def __getitem__(self, b: int) -> dict:
-        plan, epoch = self.plan, self.plan.epoch
+    def _epoch_share(self, epoch: int) -> list[int]:
+        if self._share_epoch != epoch:
+            sampler = self.plan.sampler
+            self._share = sampler.share(epoch) if self.plan.train else sampler.ordered_share()
+            self._share_epoch = epoch
+        return self._share
+
+    def __getitem__(self, key: tuple[int, int]) -> dict:
+        plan = self.plan
+        epoch, b = key
         rows, items, problems = [], [], []
-        for row in plan.sampler.batch(epoch, b, plan.share):
+        for row in plan.sampler.batch(epoch, b, self._epoch_share(epoch)):
             for attempt in range(_MAX_REPLACEMENTS + 1):
                 try:
                     items.append(self._read(row, epoch))
@@ -112,7 +122,7 @@ class _EpochBatches(Dataset):
                 raise RuntimeError(f"{_MAX_REPLACEMENTS + 1} unreadable images in a row; last: {problems[-1][1]}")
         heights = torch.tensor([h for _, h, _ in items])
         widths = torch.tensor([w for _, _, w in items])
-        out: dict = {"batch": b, "rows": torch.tensor(rows), "problems": problems}
+        out: dict = {"key": key, "rows": torch.tensor(rows), "problems": problems}
         if plan.train:
             generator = torch.Generator().manual_seed(derive_seed(plan.sampler.seed, epoch, plan.sampler.rank, b))
             out["params"] = sample_params(heights, widths, plan.spec, generator)
@@ -188,6 +198,8 @@ class ConVIRTLoader:
         self.position = 0  # next batch index within the epoch
         self.replaced: Counter = Counter()  # unreadable file -> times replaced
         self._dali = None
+        self._keys: list[tuple[int, int]] = []  # the DataLoader's sampler, refilled per epoch
+        self._loader = None
 
     # -- iteration -----------------------------------------------------------------------------
 
@@ -196,28 +208,21 @@ class ConVIRTLoader:
 
     def __iter__(self):
         """The rest of the current epoch; at its end the loader moves to the next epoch."""
-        plan = self._plan
-        plan.epoch = self.epoch
-        plan.share = self.sampler.share(self.epoch) if self.train else self._ordered_share()
-        remaining = list(range(self.position, len(self)))
-        # Its own generator: creating the iterator draws a worker seed, which must not advance
-        # the global RNG (that would change dropout masks after a resume).
-        generator = torch.Generator().manual_seed(derive_seed(self.sampler.seed, self.epoch, self.position))
-        loader = DataLoader(_EpochBatches(plan), batch_size=None, sampler=remaining, num_workers=self.num_workers,
-                            collate_fn=_no_collate, pin_memory=self.device.type == "cuda",
-                            persistent_workers=False, generator=generator)
-        for raw in loader:
+        self._keys[:] = [(self.epoch, b) for b in range(self.position, len(self))]
+        if self._loader is None:
+            # Persistent workers: epochs after the first start without spawning processes.
+            self._loader = DataLoader(_EpochBatches(self._plan), batch_size=None, sampler=self._keys,
+                                      num_workers=self.num_workers, collate_fn=_no_collate,
+                                      pin_memory=self.device.type == "cuda", persistent_workers=self.num_workers > 0,
+                                      generator=torch.Generator().manual_seed(self.sampler.seed))
+        # (Its own generator: creating an iterator draws a worker seed, which must not advance the
+        # global RNG; that would change dropout masks after a resume.)
+        for raw in self._loader:
             batch = self._finish(raw)
             self.position += 1
             yield batch
         self.epoch += 1
         self.position = 0
-
-    def _ordered_share(self) -> list[int]:
-        """Evaluation order: manifest order, split across ranks like the training shares."""
-        s = self.sampler
-        per_rank = len(s.rows) // s.world_size
-        return s.rows[s.rank :: s.world_size][:per_rank]
 
     def _finish(self, raw: dict, force_torch: bool = False) -> dict:
         for row, message in raw.pop("problems"):
@@ -232,10 +237,10 @@ class ConVIRTLoader:
             except RuntimeError as error:
                 # A file that passed the header check but does not decode (truncated JPEG):
                 # redo this batch on the torch path, whose full decode finds and replaces it.
-                log.warning("DALI failed on batch %d of epoch %d, redoing it with the torch backend: %s",
-                            raw["batch"], self.epoch, str(error).splitlines()[0])
+                log.warning("DALI failed on batch %s (epoch, index), redoing it with the torch backend: %s",
+                            raw["key"], str(error).splitlines()[0])
                 self._dali = None
-                raw = _EpochBatches(dataclasses.replace(self._plan, read_bytes=False))[raw["batch"]]
+                raw = _EpochBatches(dataclasses.replace(self._plan, read_bytes=False))[raw["key"]]
                 return self._finish(raw, force_torch=True)
         if images is None and "images" in raw:  # augmented in the worker (CPU training)
             images = raw["images"]

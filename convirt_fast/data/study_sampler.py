@@ -58,6 +58,11 @@ class StudySampler:
         per_rank = len(self.rows) // self.world_size
         return [self.rows[i] for i in order[self.rank :: self.world_size][:per_rank]]
 
+    def ordered_share(self) -> list[int]:
+        """Evaluation order: `rows` as given, split across ranks like the training shares."""
+        per_rank = len(self.rows) // self.world_size
+        return self.rows[self.rank :: self.world_size][:per_rank]
+
     def num_batches(self) -> int:
         per_rank = len(self.rows) // self.world_size
         full, rest = divmod(per_rank, self.batch_size)
