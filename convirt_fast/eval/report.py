@@ -105,9 +105,9 @@ def plot_retrieval_grid(text_top: list[dict], path: Path, title: str) -> Path:
         for ax in row[1 + len(query["results"]):]:
             ax.axis("off")
     height = fig.get_size_inches()[1]
-    fig.suptitle(title, fontsize=10)
+    fig.suptitle(title, fontsize=10, y=1 - 0.1 / height, va="top")
     # Fixed margins (tight_layout over hundreds of axes takes seconds); room for the title on top.
-    fig.subplots_adjust(left=0.01, right=0.99, bottom=0.01, top=1 - 0.45 / height, wspace=0.08, hspace=0.35)
+    fig.subplots_adjust(left=0.01, right=0.99, bottom=0.01, top=1 - 0.55 / height, wspace=0.08, hspace=0.35)
     fig.savefig(path, dpi=70)
     plt.close(fig)
     return path
