@@ -100,6 +100,8 @@ def finetune_once(encoder, manifest, task: ClassificationTask, train_rows: list[
         loader = image_loader(subset_manifest(manifest, order), spec=spec, device=device,
                               batch_size=settings.batch_size, workers=workers)
         for batch in loader:
+            if len(batch["rows"]) < 2:  # BatchNorm cannot train on one image (1x1 maps at small sizes)
+                continue
             if warm and step == settings.warmup_steps:  # warm-up over: train everything
                 warm = False
                 backbone.requires_grad_(True)
