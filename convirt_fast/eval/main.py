@@ -4,7 +4,6 @@ write the report. The argument parser lives in convirt_fast/evaluate.py."""
 from __future__ import annotations
 
 import dataclasses
-import json
 from datetime import datetime
 from pathlib import Path
 
@@ -166,8 +165,3 @@ def _short_summary(results: dict) -> str:
         lines.append(f"  {e['name']}: " + "; ".join(parts))
     return "\n".join(lines)
 
-
-def dump(results: dict) -> str:
-    from convirt_fast.eval.report import _json_safe
-
-    return json.dumps(_json_safe(results), indent=2)
