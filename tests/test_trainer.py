@@ -63,7 +63,7 @@ def _rank_main(rank, world, port, cfg_dict, out_dir):
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
                       LOCAL_RANK=str(rank))
     torch.set_num_threads(1)
-    from convirt_fast.distributed import all_gather_objects, cleanup
+    from convirt_fast.distributed import all_gather_objects, barrier, cleanup
     from convirt_fast.trainer import Trainer
 
     trainer = Trainer(Config.from_dict(cfg_dict))
@@ -72,14 +72,26 @@ def _rank_main(rank, world, port, cfg_dict, out_dir):
     trainer.loader.epoch, trainer.loader.position = 0, 0
 
     def fixed_loss():
-        trainer.train_model.eval()
+        # Training-mode BatchNorm (batch statistics: its running averages mean little after a few
+        # steps) without dropout, and without letting the measurement touch the running averages.
+        model = trainer.train_model
+        buffers = [b.detach().clone() for b in model.buffers()]
+        model.train()
+        for m in model.modules():
+            if isinstance(m, torch.nn.Dropout):
+                m.eval()
         with torch.no_grad():
             value = trainer._loss(fixed).item()
-        trainer.train_model.train()
+        for b, saved in zip(model.buffers(), buffers):
+            b.copy_(saved)
+        model.train()
         return value
 
-    before = fixed_loss()
     summary = trainer.fit()
+    # One more optimizer step, on the fixed batch: through DDP's or FSDP's gradient sync it must
+    # lower that batch's loss (a wrong sign, scale or missing sync would not).
+    before = fixed_loss()
+    trainer.train_step([fixed])
     after = fixed_loss()
     params = parameters_of(trainer.train_model)
     checksums = {k: (v.double().sum().item(), v.double().square().sum().item()) for k, v in params.items()}
@@ -90,6 +102,7 @@ def _rank_main(rank, world, port, cfg_dict, out_dir):
         with open(os.path.join(out_dir, "result.json"), "w") as f:
             json.dump({"summary": summary, "losses": losses, "fixed_batch_loss": [before, after],
                        "ranks_agree": all(c == every_rank[0] for c in every_rank)}, f)
+    barrier()  # leave together: a rank tearing gloo down while the other still works can abort
     cleanup()
 
 
@@ -118,7 +131,7 @@ def test_two_ranks_learn_and_agree(two_rank_runs, parallel):
     losses = run["losses"]
     assert len(losses) == 8 and all(math.isfinite(x) for x in losses)
     before, after = run["fixed_batch_loss"]
-    assert after < before - 0.05  # 8 steps at lr 1e-3 fit a batch they trained on
+    assert after < before - 0.05
 
 
 def test_fsdp_and_ddp_reach_the_same_parameters(two_rank_runs):
