@@ -307,7 +307,7 @@ class Trainer:
     def finish(self, summary: dict) -> dict:
         """Best weights back in, retrieval evaluation, exports, plot, summary (rank 0 writes)."""
         from convirt_fast.eval.retrieval import evaluate_retrieval
-        from convirt_fast.models import export_image_encoder, export_text_encoder
+        from convirt_fast.models import IMAGE_PROJECTION_FILE, export_image_encoder, export_projection, export_text_encoder
 
         if self.checkpointer.best.exists():
             from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
@@ -335,11 +335,13 @@ class Trainer:
                 (self.run_dir / "retrieval.json").write_text(json.dumps(result, indent=2))
         export_dir = self.run_dir / "export"
         export_image_encoder(model, export_dir / "image_encoder.safetensors")
+        export_projection(model.image_projection, export_dir / IMAGE_PROJECTION_FILE)
         export_text_encoder(model, self.tokenizer, export_dir / "text_encoder")
         plot = plot_losses(self.log.records(), self.run_dir / "loss.png")
         summary["run_dir"] = str(self.run_dir)
         summary["files"] = {"config": "config.json", "metrics": "metrics.jsonl", "checkpoints": "checkpoints/",
-                            "image_encoder": "export/image_encoder.safetensors", "text_encoder": "export/text_encoder/",
+                            "image_encoder": "export/image_encoder.safetensors",
+                            "image_projection": f"export/{IMAGE_PROJECTION_FILE}", "text_encoder": "export/text_encoder/",
                             **({"loss_plot": "loss.png"} if plot else {}),
                             **({"retrieval": "retrieval.json"} if "retrieval" in summary else {})}
         (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2))

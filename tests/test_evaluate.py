@@ -3,6 +3,7 @@ retrieval on the covid-cxr real set (`finding` as category)."""
 
 import json
 import math
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -79,19 +80,25 @@ def test_task_all_on_tiny_synthcxr(run_dir, tmp_path):
         assert (out / name).stat().st_size > 10_000
 
 
-def test_encoder_sources_agree(run_dir):
-    """Checkpoint, run folder and export give the same image features; the wrapper ranks as the
-    trainer's ConVIRTModel does."""
+def test_encoder_sources_agree(run_dir, tmp_path):
+    """Checkpoint, run folder and export (with the image projection and text folder beside it)
+    rank alike; the wrapper ranks as the trainer's ConVIRTModel does; the image encoder file
+    alone is the image side only."""
     from convirt_fast.checkpoint import load_checkpoint
     from convirt_fast.data.manifest import load_manifest
     from convirt_fast.models import build_model
 
     from_folder = load_encoder(str(run_dir))
     from_export = load_encoder(str(run_dir / "export" / "image_encoder.safetensors"))
-    assert from_folder.encoder.has_text and not from_export.encoder.has_text
+    assert from_folder.encoder.has_text and from_export.encoder.has_text
     images = torch.randn(3, 1, 32, 32)
     with torch.no_grad():
         assert torch.equal(from_folder.encoder.features(images), from_export.encoder.features(images))
+        assert torch.equal(from_folder.encoder.encode_image(images), from_export.encoder.encode_image(images))
+    alone = tmp_path / "image_encoder.safetensors"
+    shutil.copy(run_dir / "export" / alone.name, alone)
+    image_only = load_encoder(str(alone)).encoder
+    assert not image_only.has_text and image_only.image_projection is None
     state = load_checkpoint(run_dir / "checkpoints" / "last.pt")
     cfg = Config.from_dict(state["config"])
     model, tokenizer = build_model(cfg.model, tokenizer=from_folder.encoder.tokenizer)
@@ -99,7 +106,8 @@ def test_encoder_sources_agree(run_dir):
     manifest = load_manifest(Path(cfg.data.cache_dir) / next(Path(cfg.data.cache_dir).glob("synthcxr-*")).name)
     a = evaluate_retrieval(model, manifest, tokenizer, device="cpu", spec=SPEC)
     b = evaluate_retrieval(from_folder.encoder, manifest, tokenizer, device="cpu", spec=SPEC)
-    assert a == b
+    c = evaluate_retrieval(from_export.encoder, manifest, from_export.encoder.tokenizer, device="cpu", spec=SPEC)
+    assert a == b == c and "text_to_image" in c
 
 
 def test_init_weights_file(tmp_path):

@@ -38,7 +38,8 @@ def covid(tmp_path_factory, shared_data):
 
 @pytest.fixture(scope="module")
 def tokenizer(synth):
-    return train_wordpiece([s.report for s in synth.studies], vocab_size=1000)
+    # Trained on the train split only, as the trainer does: held-out text never shapes the vocabulary.
+    return train_wordpiece([synth.studies[i].report for i in synth.split_indices("train")], vocab_size=1000)
 
 
 def make(manifest, tokenizer, **kw):

@@ -302,3 +302,11 @@ def test_presets():
     assert large.loss.gather and large.train.parallel == "fsdp"
     default = parse_args([])
     assert default.preset == "cpu-default" and default.data.path == "synthcxr"
+    # The paper presets keep the paper's t_v; cpu-default narrows its ranges, never widens them.
+    from convirt_fast.data.augment import AugmentSpec
+
+    paper, light = parse_args(["--preset", "mimic-paper"]).data.augment, default.data.augment
+    assert paper == AugmentSpec()
+    for name in ("crop_area", "crop_ratio", "brightness", "contrast", "scale"):
+        assert getattr(paper, name)[0] <= getattr(light, name)[0] <= getattr(light, name)[1] <= getattr(paper, name)[1]
+    assert light.rotation_deg <= paper.rotation_deg and light.translate <= paper.translate and light.flip_p == paper.flip_p

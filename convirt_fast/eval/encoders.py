@@ -2,8 +2,8 @@
 
 - a run checkpoint (`.pt`, via load_checkpoint) or a run folder (checkpoints/best.pt, else
   last.pt; tokenizer/ beside): both sides and both projections;
-- an exported `image_encoder.safetensors`: the image side only (the export holds no image
-  projection, so text->image retrieval and zero-shot need a checkpoint);
+- an exported `image_encoder.safetensors`: the image side, plus the image projection and the
+  text side when the trainer's `image_projection.safetensors` and `text_encoder/` are beside it;
 - `random`: a freshly initialised image encoder of the reference config's architecture;
 - any other path: a torchvision state dict / safetensors through `load_image_weights`.
 
@@ -118,10 +118,12 @@ def load_run(path: str | Path) -> LoadedEncoder:
 
 
 def load_exported(path: str | Path) -> LoadedEncoder:
-    """An exported image_encoder.safetensors (image side only)."""
+    """An exported image_encoder.safetensors, with the image projection and the text folder the
+    trainer writes beside it when they are there (then text->image and zero-shot work too)."""
     from safetensors import safe_open
 
-    from convirt_fast.models import build_image_encoder, load_image_weights
+    from convirt_fast.models import IMAGE_PROJECTION_FILE, build_image_encoder, load_image_weights, load_projection
+    from convirt_fast.models.export import load_text_encoder
 
     path = Path(path)
     with safe_open(str(path), framework="pt") as f:
@@ -131,8 +133,15 @@ def load_exported(path: str | Path) -> LoadedEncoder:
                          f"pass it as --init {path} with --arch NAME")
     encoder = build_image_encoder(arch, in_channels=1)
     load_image_weights(encoder, path)
-    return LoadedEncoder(Encoder(path.parent.parent.name if path.parent.name == "export" else path.stem, encoder).eval(),
-                         None, str(path))
+    name = path.parent.parent.name if path.parent.name == "export" else path.stem
+    projection_path, text_folder = path.with_name(IMAGE_PROJECTION_FILE), path.with_name("text_encoder")
+    if not projection_path.is_file():
+        return LoadedEncoder(Encoder(name, encoder).eval(), None, str(path))
+    image_projection = load_projection(projection_path)
+    text = load_text_encoder(text_folder) if text_folder.is_dir() else (None, None, None)
+    bert, tokenizer, text_projection = text
+    return LoadedEncoder(Encoder(name, encoder, image_projection, bert, text_projection, tokenizer).eval(), None,
+                         f"{path} (+ {projection_path.name}{', text_encoder/' if bert is not None else ''})")
 
 
 def baseline(init: str, reference: Config | None, arch: str | None = None, seed: int = 0) -> LoadedEncoder:

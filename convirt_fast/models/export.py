@@ -22,6 +22,9 @@ projection g_u as `text_projection.safetensors` (keys of `Projection`: "0.weight
 "2.weight", "2.bias" for mlp, "0.*" for linear; metadata "kind"). Features are the max-pool of
 the last hidden states over the attention mask (`masked_max_pool`); `load_text_encoder`
 rebuilds all three.
+
+Image projection g_v -> `image_projection.safetensors` (`export_projection`, same keys), beside
+the image encoder: with it and the text folder, an export alone ranks images for a text query.
 """
 
 from __future__ import annotations
@@ -43,6 +46,7 @@ if TYPE_CHECKING:
     from transformers import BertModel
 
 TEXT_PROJECTION_FILE = "text_projection.safetensors"
+IMAGE_PROJECTION_FILE = "image_projection.safetensors"
 
 
 def _tensors(module: nn.Module) -> dict[str, torch.Tensor]:
@@ -79,8 +83,7 @@ def export_text_encoder(model: nn.Module, tokenizer: Any, folder: str | Path) ->
     try:
         model.text_encoder.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
-        projection = model.text_projection
-        (tmp / TEXT_PROJECTION_FILE).write_bytes(save(_tensors(projection), metadata={"format": "pt", "kind": projection.kind}))
+        (tmp / TEXT_PROJECTION_FILE).write_bytes(_projection_bytes(model.text_projection))
         if folder.exists():
             old = folder.with_name(f".{folder.name}.old")
             shutil.rmtree(old, ignore_errors=True)
@@ -97,8 +100,6 @@ def export_text_encoder(model: nn.Module, tokenizer: Any, folder: str | Path) ->
 
 def load_text_encoder(folder: str | Path) -> tuple[BertModel, Any, Projection]:
     """(bert, tokenizer, text projection) from a folder written by `export_text_encoder`."""
-    from safetensors import safe_open
-
     from convirt_fast.models.text_encoder import load_bert
     from convirt_fast.text.tokenizer import load_tokenizer
 
@@ -107,10 +108,34 @@ def load_text_encoder(folder: str | Path) -> tuple[BertModel, Any, Projection]:
     projection_path = folder / TEXT_PROJECTION_FILE
     if not projection_path.is_file():
         raise FileNotFoundError(f"{projection_path}: text projection not found (not a convirt_fast text export?)")
-    with safe_open(str(projection_path), framework="pt") as f:
+    return bert.eval(), tokenizer, load_projection(projection_path)
+
+
+def _projection_bytes(projection: Projection) -> bytes:
+    return save(_tensors(projection), metadata={"format": "pt", "kind": projection.kind})
+
+
+def export_projection(projection: Projection, path: str | Path) -> Path:
+    """Write a projection (g_v or g_u) as safetensors (keys of `Projection`, metadata "kind"),
+    atomically. The trainer writes g_v as export/image_projection.safetensors, so that an export
+    alone supports text->image retrieval and zero-shot."""
+    path = Path(path)
+    with atomic_write(path, "wb") as f:
+        f.write(_projection_bytes(projection))
+    return path
+
+
+def load_projection(path: str | Path) -> Projection:
+    """A projection written by `export_projection` (or the text export's), in eval mode."""
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
         kind = (f.metadata() or {}).get("kind", "mlp")
-    state = load_file(str(projection_path))
-    first, last = state["0.weight"], state["2.weight" if kind == "mlp" else "0.weight"]
-    projection = Projection(first.shape[1], last.shape[0], hidden=first.shape[0], kind=kind)
-    projection.load_state_dict(state, strict=True)
-    return bert.eval(), tokenizer, projection.eval()
+    state = load_file(str(path))
+    try:
+        first, last = state["0.weight"], state["2.weight" if kind == "mlp" else "0.weight"]
+        projection = Projection(first.shape[1], last.shape[0], hidden=first.shape[0], kind=kind)
+        projection.load_state_dict(state, strict=True)
+    except (KeyError, RuntimeError) as error:
+        raise ValueError(f"{path}: not a projection export ({kind}): {error}") from None
+    return projection.eval()
