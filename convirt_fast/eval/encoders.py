@@ -122,8 +122,8 @@ def load_exported(path: str | Path) -> LoadedEncoder:
     trainer writes beside it when they are there (then text->image and zero-shot work too)."""
     from safetensors import safe_open
 
-    from convirt_fast.models import IMAGE_PROJECTION_FILE, build_image_encoder, load_image_weights, load_projection
-    from convirt_fast.models.export import load_text_encoder
+    from convirt_fast.models import (IMAGE_PROJECTION_FILE, build_image_encoder, load_image_weights, load_projection,
+                                     load_text_encoder)
 
     path = Path(path)
     with safe_open(str(path), framework="pt") as f:
@@ -138,8 +138,7 @@ def load_exported(path: str | Path) -> LoadedEncoder:
     if not projection_path.is_file():
         return LoadedEncoder(Encoder(name, encoder).eval(), None, str(path))
     image_projection = load_projection(projection_path)
-    text = load_text_encoder(text_folder) if text_folder.is_dir() else (None, None, None)
-    bert, tokenizer, text_projection = text
+    bert, tokenizer, text_projection = load_text_encoder(text_folder) if text_folder.is_dir() else (None, None, None)
     return LoadedEncoder(Encoder(name, encoder, image_projection, bert, text_projection, tokenizer).eval(), None,
                          f"{path} (+ {projection_path.name}{', text_encoder/' if bert is not None else ''})")
 
