@@ -14,13 +14,12 @@ def cpu_default() -> Config:
     ClinicalBERT, a cosine schedule over a short run instead of the plateau rule over days.
     Nothing is pretrained, so no text layer is frozen.
 
-    The image transformation is the paper's t_v with milder ranges (`light_augment`): at 64 px the
-    paper's ranges (crops down to 60 % of the area, aspect 3/4 to 4/3, +-20 degrees, +-40 %
-    brightness and contrast, blur) cut off costophrenic angles, distort the cardiothoracic ratio
-    and wash out fine signs, and from random weights that costs more signal than a 12-minute
-    run can spare. Measured with this preset, changing only the ranges (docs/synthcxr.md): text->
-    image P@10 0.385 with the paper's (blur sigmas scaled to 64 px), 0.642 with these; image->image
-    0.583 and 0.717. The mimic presets keep the paper's ranges.
+    The image transformation is the paper's t_v with milder ranges (`light_augment`). Measured
+    with this preset, changing only the ranges (docs/synthcxr.md): text->image P@10 0.385 with the
+    paper's (blur sigmas scaled to 64 px), 0.642 with these; image->image 0.583 and 0.717. Our
+    reading, not measured: crops down to 60 % of the area and aspect changes of 3/4 to 4/3 can
+    cut off costophrenic angles and distort the cardiothoracic ratio, which a 12-minute run from
+    random weights cannot afford. The mimic presets keep the paper's ranges.
     """
     size = 64
     return Config(

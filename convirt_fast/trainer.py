@@ -16,7 +16,8 @@ import torch.distributed as dist
 
 from convirt_fast.checkpoint import Checkpointer, CheckpointError, check_compatible, load_checkpoint
 from convirt_fast.config import Config
-from convirt_fast.distributed import DistInfo, all_gather_objects, barrier, broadcast_object, init_distributed, mean_across_ranks
+from convirt_fast.data.source import data_path
+from convirt_fast.distributed import all_gather_objects, barrier, broadcast_object, init_distributed, mean_across_ranks
 from convirt_fast.loss import ConVIRTLoss
 from convirt_fast.parallel import gradient_sync, resolve_parallel, unwrap, wrap_model
 from convirt_fast.run_log import RunLog, plot_losses
@@ -25,19 +26,6 @@ from convirt_fast.schedule import LRSchedule
 
 class NonFiniteLoss(RuntimeError):
     """A NaN or inf loss with train.on_nonfinite=stop; names the step and the studies."""
-
-
-def _resolve_data(cfg: Config, info: DistInfo) -> Path:
-    if cfg.data.path == "synthcxr":
-        from convirt_fast.data.synthcxr import ensure_synthcxr
-
-        cache = Path(cfg.data.cache_dir) if cfg.data.cache_dir else None
-        # ensure_synthcxr locks: rank 0 prepares, the others wait and reuse.
-        return ensure_synthcxr(cache, n=cfg.data.synth_n, seed=cfg.train.seed, size=cfg.data.synth_size,
-                               progress=info.is_main and cfg.train.progress)
-    if not cfg.data.path:
-        raise ValueError("data.path is empty: pass --data.path=<prepared folder> (python -m convirt_fast.prepare ...)")
-    return Path(cfg.data.path)
 
 
 def _rng_state() -> dict:
@@ -66,7 +54,7 @@ class Trainer:
         torch.manual_seed(cfg.train.seed)  # same initial weights on every rank
         random.seed(cfg.train.seed + info.rank)
         self.run_dir = self._run_dir()
-        self.manifest = load_manifest(_resolve_data(cfg, info))
+        self.manifest = load_manifest(data_path(cfg.data, cfg.train.seed, progress=info.is_main and cfg.train.progress))
         self.tokenizer = self._tokenizer()
         self.model, _ = build_model(cfg.model, tokenizer=self.tokenizer)
         self.model.to(self.device)

@@ -1,5 +1,6 @@
 """Shared test setup: the `gpu` marker skips without CUDA; paths to the shared real data."""
 
+import os
 from pathlib import Path
 
 import pytest
@@ -15,6 +16,13 @@ def _cuda_available() -> bool:
         return torch.cuda.is_available()
     except ImportError:
         return False
+
+
+# Without CUDA the Triton kernels run under the interpreter. The variable is read when Triton is
+# first imported, and any test module may import it (torch, transformers and convirt_fast do,
+# indirectly), so it is set here, before the first test module is collected.
+if not _cuda_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 
 def pytest_collection_modifyitems(config, items):

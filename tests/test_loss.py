@@ -1,6 +1,6 @@
 """The fused ConVIRT loss against the plain reference: forward, backward, d tau, edge cases, memory.
 
-On a CPU the Triton kernels run under TRITON_INTERPRET=1 (set here before Triton is imported); GPU
+On a CPU the Triton kernels run under TRITON_INTERPRET=1 (set by conftest.py before Triton loads); GPU
 tests (@pytest.mark.gpu) check the compiled kernels with flash-attention's accuracy rule.
 """
 
@@ -11,19 +11,16 @@ import os
 import pytest
 import torch
 
-if not torch.cuda.is_available():  # before convirt_fast.kernels.triton_loss is imported
-    os.environ.setdefault("TRITON_INTERPRET", "1")
+from torch.utils._python_dispatch import TorchDispatchMode
 
-from torch.utils._python_dispatch import TorchDispatchMode  # noqa: E402
-
-from convirt_fast import ConVIRTLoss  # noqa: E402
-from convirt_fast.kernels import convirt_loss  # noqa: E402
-from convirt_fast.kernels import torch_loss  # noqa: E402
-from convirt_fast.kernels.reference import convirt_loss_reference  # noqa: E402
+from convirt_fast import ConVIRTLoss
+from convirt_fast.kernels import convirt_loss
+from convirt_fast.kernels import torch_loss
+from convirt_fast.kernels.reference import convirt_loss_reference
 
 INTERPRET = os.environ.get("TRITON_INTERPRET") == "1" and importlib.util.find_spec("triton") is not None
 needs_interpreter = pytest.mark.skipif(
-    not INTERPRET, reason="Triton on CPU tensors needs Triton and TRITON_INTERPRET=1 (set here without CUDA)")
+    not INTERPRET, reason="Triton on CPU tensors needs Triton and TRITON_INTERPRET=1 (conftest.py sets it without CUDA)")
 CPU_BACKENDS = [pytest.param("triton", marks=needs_interpreter), "torch"]
 
 # Max error relative to the largest reference value, against an fp64 reference on the same

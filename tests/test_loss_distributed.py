@@ -12,12 +12,9 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch import nn
 
-if not torch.cuda.is_available():  # before convirt_fast.kernels.triton_loss is imported
-    os.environ.setdefault("TRITON_INTERPRET", "1")
-
-from convirt_fast import ConVIRTLoss  # noqa: E402
-from convirt_fast.kernels.distributed import convirt_loss_gathered  # noqa: E402
-from convirt_fast.kernels.reference import convirt_loss_reference  # noqa: E402
+from convirt_fast import ConVIRTLoss
+from convirt_fast.kernels.distributed import convirt_loss_gathered
+from convirt_fast.kernels.reference import convirt_loss_reference
 
 WORLD = 2
 INTERPRET = os.environ.get("TRITON_INTERPRET") == "1" and importlib.util.find_spec("triton") is not None

@@ -53,12 +53,11 @@ class Encoder(nn.Module):
         return self.image_projection(f) if self.image_projection is not None else f
 
     def encode_text(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        from convirt_fast.models import masked_max_pool
+        from convirt_fast.models.text_encoder import pooled_text_features
 
         if not self.has_text:
             raise RuntimeError(f"{self.name}: this encoder has no text side")
-        hidden = self.text_encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
-        return self.text_projection(masked_max_pool(hidden, attention_mask))
+        return self.text_projection(pooled_text_features(self.text_encoder, input_ids, attention_mask))
 
     def fresh_image_encoder(self) -> nn.Module:
         """A trainable copy of the image encoder (fine-tuning starts from it)."""

@@ -19,11 +19,11 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from convirt_fast.eval.embed import embed_images, image_loader, subset_manifest
 from convirt_fast.eval.metrics import classification_metrics
+from convirt_fast.eval.probe import classification_loss
 from convirt_fast.eval.tasks import ClassificationTask
 
 
@@ -58,23 +58,14 @@ class Classifier(nn.Module):
         return self.head(self.dropout(self.backbone(images)))
 
 
-def _loss(kind: str, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    if kind == "multi-class":
-        return F.cross_entropy(logits, y.argmax(1))
-    known = ~torch.isnan(y)
-    if not known.any():
-        return logits.sum() * 0.0
-    return F.binary_cross_entropy_with_logits(logits[known], y[known])
-
-
 def finetune_once(encoder, manifest, task: ClassificationTask, train_rows: list[int], seed: int,
                   settings: FinetuneSettings, *, spec, device, workers: int = 0) -> dict:
     """One run: train on `train_rows`, select on task.val_rows, test on task.test_rows."""
+    from convirt_fast.models.image_encoder import image_feature_dim  # torchvision: imported on use
+
     torch.manual_seed(seed)
     backbone = encoder.fresh_image_encoder().to(device)
-    with torch.no_grad():  # the feature width, from one tiny forward
-        width = backbone.eval()(torch.zeros(1, 1, 32, 32, device=device)).shape[1]
-    model = Classifier(backbone, width, len(task.labels), settings.dropout).to(device)
+    model = Classifier(backbone, image_feature_dim(backbone), len(task.labels), settings.dropout).to(device)
     targets = torch.from_numpy(np.stack([task.targets[r] for r in train_rows])).float()
     target_of = dict(zip(train_rows, targets))
     val_y, test_y = task.y(task.val_rows), task.y(task.test_rows)
@@ -110,7 +101,7 @@ def finetune_once(encoder, manifest, task: ClassificationTask, train_rows: list[
             if warm:
                 backbone.eval()
             y = torch.stack([target_of[order[i]] for i in batch["rows"].tolist()]).to(device)
-            loss = _loss(task.kind, model(batch["images"]), y)
+            loss = classification_loss(task.kind, model(batch["images"]), y)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()

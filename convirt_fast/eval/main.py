@@ -24,23 +24,16 @@ CPU_FINETUNE_WARMUP = 20
 def resolve_data(data: str | None, reference, workers: int):
     """A prepared folder (or manifest.csv), or "synthcxr" (prepared once, as the trainer does)."""
     from convirt_fast.data.manifest import load_manifest
+    from convirt_fast.data.source import data_path
+    from convirt_fast.presets import cpu_default
 
     if data is None:
         if reference is None:
             raise ValueError("--data is needed (no run checkpoint to take the data path from)")
         data = reference.data.path
-    if data == "synthcxr":
-        from convirt_fast.data.synthcxr import ensure_synthcxr
-
-        d = (reference.data if reference is not None else None)
-        from convirt_fast.presets import cpu_default
-
-        d = d or cpu_default().data
-        cache = Path(d.cache_dir) if d.cache_dir else None
-        seed = reference.train.seed if reference is not None else 0
-        return load_manifest(ensure_synthcxr(cache, n=d.synth_n, seed=seed, size=d.synth_size,
-                                             workers=max(1, workers), progress=False))
-    return load_manifest(Path(data))
+    base = reference if reference is not None else cpu_default()
+    config = dataclasses.replace(base.data, path=data)
+    return load_manifest(data_path(config, base.train.seed, workers=max(1, workers)))
 
 
 def run(args) -> dict:

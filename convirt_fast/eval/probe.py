@@ -25,10 +25,14 @@ HISTORY = 10
 SMALL = 2_000_000
 
 
-def _loss(kind: str, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+def classification_loss(kind: str, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Softmax cross-entropy (multi-class) or per-label sigmoid cross-entropy with blank (NaN)
+    labels masked out (multi-label; zero, with a graph, when a batch has no known label)."""
     if kind == "multi-class":
         return F.cross_entropy(logits, y.argmax(1))
     known = ~torch.isnan(y)
+    if not known.any():
+        return logits.sum() * 0.0
     return F.binary_cross_entropy_with_logits(logits[known], y[known])
 
 
@@ -42,7 +46,7 @@ def fit_linear(x: torch.Tensor, y: torch.Tensor, kind: str, l2: float, max_iter:
 
     def closure() -> torch.Tensor:
         optimizer.zero_grad()
-        loss = _loss(kind, head(x), y) + 0.5 * l2 * head.weight.pow(2).sum()
+        loss = classification_loss(kind, head(x), y) + 0.5 * l2 * head.weight.pow(2).sum()
         loss.backward()
         return loss
 

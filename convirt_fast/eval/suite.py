@@ -55,15 +55,15 @@ def evaluate_encoder(encoder, *, manifest, task: ClassificationTask | None, retr
                                               batch_size=settings.batch_size, workers=settings.workers)
     needs_features = task is not None and ({"linear", "zeroshot"} & set(settings.tasks))
     if needs_features:
-        _log(f"{encoder.name}: embedding {len(task.train_rows) + len(task.val_rows) + len(task.test_rows)} images once")
         rows = task.train_rows + task.val_rows + task.test_rows
-        width = None
+        _log(f"{encoder.name}: embedding {len(rows)} images once")
+        from convirt_fast.models.image_encoder import image_feature_dim  # torchvision: imported on use
 
-        def both(images: torch.Tensor) -> torch.Tensor:
-            nonlocal width
+        width = image_feature_dim(encoder.image_encoder)
+
+        def both(images: torch.Tensor) -> torch.Tensor:  # pooled features, then projections
             f = encoder.features(images)
-            width = f.shape[1]
-            return torch.cat([f, encoder.encode_image(images) if encoder.has_text else f[:, :0]], 1)
+            return torch.cat([f, encoder.image_projection(f) if encoder.has_text else f[:, :0]], 1)
 
         emb = embed_images(both, manifest, rows, spec=spec, device=device, batch_size=settings.batch_size,
                            workers=settings.workers)

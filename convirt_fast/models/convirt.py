@@ -20,7 +20,7 @@ from torch import nn
 from torchvision.models.resnet import ResNet
 
 from convirt_fast.models.projection import Projection
-from convirt_fast.models.text_encoder import freeze_bert, frozen_modules, masked_max_pool
+from convirt_fast.models.text_encoder import freeze_bert, frozen_modules, pooled_text_features
 
 if TYPE_CHECKING:
     from transformers import BertModel
@@ -63,8 +63,7 @@ class ConVIRTModel(nn.Module):
 
     def text_features(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """(B, T), (B, T) -> (B, C_u) max-pooled BERT token vectors (before the projection)."""
-        hidden = self.text_encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
-        return masked_max_pool(hidden, attention_mask)
+        return pooled_text_features(self.text_encoder, input_ids, attention_mask)
 
     def encode_image(self, images: torch.Tensor) -> torch.Tensor:
         """(B, 1, H, W) -> v (B, d)."""

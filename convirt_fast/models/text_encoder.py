@@ -85,3 +85,10 @@ def masked_max_pool(hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch
     keep = attention_mask.to(torch.bool).unsqueeze(-1)
     pooled = hidden.masked_fill(~keep, torch.finfo(hidden.dtype).min).amax(dim=1)
     return torch.where(keep.any(dim=1), pooled, torch.zeros_like(pooled))
+
+
+def pooled_text_features(bert: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """(B, T), (B, T) -> (B, H): ConVIRT's text features, the masked max-pool of the BERT's last
+    hidden states. The one definition, for training and for every evaluated encoder."""
+    hidden = bert(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+    return masked_max_pool(hidden, attention_mask)
