@@ -22,6 +22,8 @@ from convirt_fast.loss import ConVIRTLoss
 from convirt_fast.parallel import gradient_sync, resolve_parallel, unwrap, wrap_model
 from convirt_fast.run_log import RunLog, plot_losses
 from convirt_fast.schedule import LRSchedule
+from convirt_fast.step_window import StepWindow
+from convirt_fast.throughput import FlopCount, peak_flops, utilisation
 
 
 class NonFiniteLoss(RuntimeError):
@@ -68,8 +70,10 @@ class Trainer:
         self.loss_fn = ConVIRTLoss(cfg.loss.tau, cfg.loss.lam, cfg.loss.learnable_tau, cfg.loss.gather,
                                    backend=cfg.loss.backend).to(self.device)
         params = [p for p in self.train_model.parameters() if p.requires_grad] + list(self.loss_fn.parameters())
+        # Fused AdamW (CUDA and CPU): one kernel for every parameter, and it takes `found_inf`, a
+        # device flag that skips the update without the host ever reading it (train_step).
         self.optimizer = torch.optim.AdamW(params, lr=cfg.optim.lr, betas=cfg.optim.betas,
-                                           weight_decay=cfg.optim.weight_decay, fused=self.device.type == "cuda")
+                                           weight_decay=cfg.optim.weight_decay, fused=True)
         self.schedule = LRSchedule(cfg.optim.lr, cfg.optim.schedule, cfg.train.max_steps, cfg.optim.warmup_steps,
                                    cfg.optim.plateau_patience, cfg.optim.plateau_factor)
         common = dict(batch_size=cfg.data.batch_size, augment=cfg.data.augment, backend=cfg.data.backend,
@@ -82,6 +86,9 @@ class Trainer:
         self.validations = 0
         self.skipped_nonfinite = 0
         self.best_val = math.inf
+        self.window = StepWindow()
+        self.flops_per_step: int | None = None  # counted on this process's first step
+        self.peak_flops = peak_flops(self.device, self.autocast_dtype)
         resumed = self._maybe_resume()
         self.log = RunLog(self.run_dir, enabled=info.is_main, tensorboard=cfg.train.tensorboard,
                           resume_step=self.step if resumed else None)
@@ -182,38 +189,40 @@ class Trainer:
     def _loss(self, batch) -> torch.Tensor:
         with self._autocast():
             out = self.train_model(batch["images"], batch["input_ids"], batch["attention_mask"])
-        return self.loss_fn(out["image"].float(), out["text"].float())
+        # Under bf16 autocast the projections reach the loss in bf16: its GEMMs run on bf16 tensor
+        # cores, and it normalises and accumulates in fp32 inside (no .float() copy here).
+        self.loss_input_dtype = out["image"].dtype  # metadata: reading it costs no device sync
+        return self.loss_fn(out["image"], out["text"])
 
-    def _batches(self):
-        while True:  # epochs roll over; the loader keeps its position for resume
+    def batches(self):
+        """Micro-batches forever: epochs roll over; the loader keeps its position for resume."""
+        while True:
             yield from self.loader
 
-    def train_step(self, micro_batches) -> tuple[float, bool]:
-        """One optimizer step over `grad_accum` micro-batches; (loss, finite)."""
+    def train_step(self, micro_batches) -> None:
+        """One optimizer step over `grad_accum` micro-batches, without one host read.
+
+        The loss and its non-finite flag stay on the device (self.window; read every log_every
+        steps by `flush`). A non-finite loss on any rank sets `found_inf` of the fused AdamW, which
+        then leaves parameters and optimizer state as they were: the step is skipped on the device,
+        on every rank alike (the flag is all-reduced). train.on_nonfinite=stop raises at the next
+        flush, naming the step and its studies; skip counts it there."""
         for group in self.optimizer.param_groups:
             group["lr"] = self.schedule.lr(self.step)
-        total = 0.0
-        finite = True
-        for i, batch in enumerate(micro_batches):
-            last = i == len(micro_batches) - 1
-            with gradient_sync(self.train_model, last):
-                loss = self._loss(batch)
-                finite_here = bool(torch.isfinite(loss))
-                finite_everywhere = mean_across_ranks(float(finite_here), self.device) == 1.0
-                if not finite_everywhere:
-                    finite = False
-                    if self.cfg.train.on_nonfinite == "stop":
-                        studies = [self.manifest.studies[r].study_id for r in batch["rows"].tolist()]
-                        raise NonFiniteLoss(f"non-finite loss at step {self.step} (rank {self.info.rank} loss "
-                                            f"{loss.item()}); studies of this rank's batch: {studies}")
-                    continue
-                (loss / len(micro_batches)).backward()
-                total += loss.item() / len(micro_batches)
-        if not finite:  # skip the whole step, counted
-            self.optimizer.zero_grad(set_to_none=True)
-            self.skipped_nonfinite += 1
-            return math.nan, False
+        counter = FlopCount() if self.flops_per_step is None else contextlib.nullcontext()
+        loss_sum = torch.zeros((), device=self.device)
+        with counter:
+            for i, batch in enumerate(micro_batches):
+                with gradient_sync(self.train_model, i == len(micro_batches) - 1):
+                    loss = self._loss(batch)
+                    (loss / len(micro_batches)).backward()
+                loss_sum += loss.detach()
+        if self.flops_per_step is None:
+            self.flops_per_step = counter.total
+            self._log_loss_path()
+        bad = (~torch.isfinite(loss_sum)).float()
         if self.info.distributed:
+            dist.all_reduce(bad, op=dist.ReduceOp.MAX)  # a device-side collective: no host wait
             for p in self.loss_fn.parameters():  # the temperature lives outside DDP/FSDP
                 if p.grad is not None:
                     dist.all_reduce(p.grad)
@@ -221,9 +230,45 @@ class Trainer:
         if self.cfg.optim.grad_clip:
             torch.nn.utils.clip_grad_norm_([p for g in self.optimizer.param_groups for p in g["params"]],
                                            self.cfg.optim.grad_clip)
+        self.optimizer.found_inf = bad
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
-        return total, True
+        self.window.record(self.step, loss_sum / len(micro_batches), bad, [b["rows"] for b in micro_batches])
+
+    def _log_loss_path(self) -> None:
+        """Once per process: the dtype the projections reach the loss in, and the loss backend."""
+        from convirt_fast.kernels.convirt_loss import resolve_backend
+
+        record = {"loss_input_dtype": str(self.loss_input_dtype).replace("torch.", ""),
+                  "loss_backend": resolve_backend(self.loss_fn.backend, self.device),
+                  "flops_per_step": self.flops_per_step, "peak_flops": self.peak_flops}
+        self.log.log(self.step, "setup", **record)
+        if self.info.is_main and self.cfg.train.progress:
+            print(f"loss: {record['loss_input_dtype']} projections into the {record['loss_backend']} backend "
+                  f"(fp32 inside); {self.flops_per_step / 1e9:.1f} GFLOP per step on each rank (counted)")
+
+    def flush(self, seconds: float) -> dict | None:
+        """Read the steps since the last flush (one host read), apply train.on_nonfinite, log
+        them; `seconds` is the wall time they took. Returns the record logged (None if none)."""
+        if not len(self.window):
+            return None
+        w = self.window.read()
+        self.skipped_nonfinite += w.steps - w.finite_steps
+        if w.first_nonfinite is not None and self.cfg.train.on_nonfinite == "stop":
+            step, loss, rows = w.first_nonfinite
+            studies = [self.manifest.studies[r].study_id for r in rows]
+            raise NonFiniteLoss(f"non-finite loss at step {step} (rank {self.info.rank} loss {loss}); "
+                                f"studies of this rank's batch: {studies}")
+        pairs = w.steps * self.cfg.data.batch_size * self.info.world_size * self.cfg.train.grad_accum
+        mfu = utilisation(self.flops_per_step, w.steps, seconds, self.peak_flops)
+        tau = self.loss_fn.tau
+        record = {"loss": w.mean_loss, "lr": self.schedule.lr(self.step - 1),
+                  "pairs_per_s": round(pairs / max(seconds, 1e-9), 1),
+                  "step_ms": round(1000 * seconds / w.steps, 2), "mfu": None if mfu is None else round(mfu, 4),
+                  "tau": float(tau.detach() if isinstance(tau, torch.Tensor) else tau), "epoch": self.loader.epoch, "skipped_nonfinite": self.skipped_nonfinite}
+        if w.finite_steps:
+            self.log.log(self.step, "train", **record)
+        return record
 
     @torch.no_grad()
     def validate(self) -> float | None:
@@ -231,9 +276,12 @@ class Trainer:
             return None
         self.val_loader.epoch, self.val_loader.position = 0, 0
         self.train_model.eval()
-        losses = [self._loss(batch).item() for batch in self.val_loader]
+        total, count = torch.zeros((), device=self.device), 0
+        for batch in self.val_loader:
+            total += self._loss(batch).float()
+            count += 1
         self.train_model.train()
-        return mean_across_ranks(sum(losses) / len(losses), self.device)
+        return mean_across_ranks(total.item() / count, self.device)
 
     def fit(self) -> dict:
         cfg, info = self.cfg, self.info
@@ -243,27 +291,29 @@ class Trainer:
             from tqdm import tqdm
 
             bar = tqdm(total=cfg.train.max_steps, initial=self.step, desc="train", unit="step", dynamic_ncols=True)
-        batches = self._batches()
-        window, window_start, start_step, started = [], time.perf_counter(), self.step, time.perf_counter()
+        batches = self.batches()
+        window_start, start_step, started = time.perf_counter(), self.step, time.perf_counter()
         stopped_by = "max_steps"
+
+        def flush():  # the window's host read, its log line and progress-bar figures
+            record = self.flush(time.perf_counter() - window_start)
+            if bar is not None and record is not None:
+                mfu = f", mfu={100 * record['mfu']:.1f}%" if record["mfu"] is not None else ""
+                bar.set_postfix_str(f"loss={record['loss']:.3f}, pairs/s={record['pairs_per_s']:.0f}, "
+                                    f"{record['step_ms']:.0f} ms/step{mfu}")
+
         while self.step < cfg.train.max_steps:
             micro = [next(batches) for _ in range(cfg.train.grad_accum)]
-            loss, ok = self.train_step(micro)
+            self.train_step(micro)
             self.step += 1
-            if ok:
-                window.append(loss)
             if bar is not None:
                 bar.update(1)
-            if self.step % cfg.train.log_every == 0 and window:
-                seconds = time.perf_counter() - window_start
-                rate = len(window) * pairs_per_step / seconds
-                record = {"loss": sum(window) / len(window), "lr": self.schedule.lr(self.step - 1),
-                          "pairs_per_s": round(rate, 1), "tau": float(self.loss_fn.tau), "epoch": self.loader.epoch}
-                self.log.log(self.step, "train", **record)
-                if bar is not None:
-                    bar.set_postfix(loss=f"{record['loss']:.3f}", pairs_s=f"{rate:.0f}")
-                window, window_start = [], time.perf_counter()
-            if self.step % cfg.train.val_every == 0:
+            validating = self.step % cfg.train.val_every == 0
+            saving = validating or self.step % cfg.train.checkpoint_every == 0
+            if self.step % cfg.train.log_every == 0 or saving:
+                flush()  # before a checkpoint too: it must hold exact counts, and a stop comes first
+                window_start = time.perf_counter()
+            if validating:
                 val = self.validate()
                 improved = False
                 if val is not None:
@@ -277,15 +327,20 @@ class Trainer:
                 if cfg.train.max_validations and self.validations >= cfg.train.max_validations:
                     stopped_by = "max_validations"
                     break
-            elif self.step % cfg.train.checkpoint_every == 0:
+            elif saving:
                 self.save()
+            if saving:
+                window_start = time.perf_counter()  # validation and checkpoint time is not step time
+        flush()
         if bar is not None:
             bar.close()
         if self.step % cfg.train.val_every and self.step % cfg.train.checkpoint_every:
             self.save()
         seconds = time.perf_counter() - started
+        mfu = utilisation(self.flops_per_step, self.step - start_step, seconds, self.peak_flops)
         return {"steps": self.step, "steps_this_run": self.step - start_step, "seconds": round(seconds, 1),
                 "pairs_per_s": round((self.step - start_step) * pairs_per_step / max(seconds, 1e-9), 1),
+                "mfu": None if mfu is None else round(mfu, 4),
                 "best_validation_loss": None if math.isinf(self.best_val) else round(self.best_val, 4),
                 "skipped_nonfinite": self.skipped_nonfinite, "replaced_images": sum(self.loader.replaced.values()),
                 "stopped_by": stopped_by, "world_size": info.world_size, "parallel": self.parallel}

@@ -142,6 +142,22 @@ def test_max_pool_ignores_padding(model, tokenizer):
 # -- freezing -----------------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("implementation", ["sdpa", "eager"])
+def test_prepared_attention_mask_matches_transformers_own(implementation):
+    """pooled_text_features hands BERT a ready 4-D mask (no host read in transformers' mask code);
+    the features must equal those of BERT's own 2-D mask handling, padding in several rows."""
+    from convirt_fast.models.text_encoder import build_bert, pooled_text_features
+
+    torch.manual_seed(0)
+    bert = build_bert(vocab_size=100, layers=2, hidden=32, heads=2).eval()
+    bert.config._attn_implementation = implementation
+    ids = torch.randint(1, 100, (4, 11))
+    mask = torch.ones(4, 11, dtype=torch.long)
+    mask[0, 7:], mask[2, 3:] = 0, 0
+    expected = masked_max_pool(bert(input_ids=ids, attention_mask=mask).last_hidden_state, mask)
+    torch.testing.assert_close(pooled_text_features(bert, ids, mask), expected, rtol=1e-6, atol=1e-6)
+
+
 def test_frozen_layers_get_no_grad(tokenizer):
     torch.manual_seed(0)
     m, _ = build_model(TINY, tokenizer=tokenizer)

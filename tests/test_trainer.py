@@ -64,9 +64,11 @@ def _rank_main(rank, world, port, cfg_dict, out_dir):
                       LOCAL_RANK=str(rank))
     torch.set_num_threads(1)
     from convirt_fast.distributed import all_gather_objects, barrier, cleanup
+    from convirt_fast.parallel import fsdp_units
     from convirt_fast.trainer import Trainer
 
     trainer = Trainer(Config.from_dict(cfg_dict))
+    units = fsdp_units(trainer.train_model) if trainer.parallel == "fsdp" else None
     # The loss on one fixed batch (seen in training), before and after: a noise-free "it learns".
     fixed = next(iter(trainer.loader))
     trainer.loader.epoch, trainer.loader.position = 0, 0
@@ -100,7 +102,7 @@ def _rank_main(rank, world, port, cfg_dict, out_dir):
         torch.save(params, os.path.join(out_dir, "params.pt"))
         losses = [r["loss"] for r in trainer.log.records() if r["kind"] == "train"]
         with open(os.path.join(out_dir, "result.json"), "w") as f:
-            json.dump({"summary": summary, "losses": losses, "fixed_batch_loss": [before, after],
+            json.dump({"summary": summary, "losses": losses, "fixed_batch_loss": [before, after], "fsdp_units": units,
                        "ranks_agree": all(c == every_rank[0] for c in every_rank)}, f)
     barrier()  # leave together: a rank tearing gloo down while the other still works can abort
     cleanup()
@@ -139,6 +141,97 @@ def test_fsdp_and_ddp_reach_the_same_parameters(two_rank_runs):
     assert ddp.keys() == fsdp.keys()
     for name in ddp:
         assert torch.allclose(ddp[name], fsdp[name], atol=2e-4, rtol=1e-3), name
+
+
+def test_fsdp_units_are_blocks_not_layers(two_rank_runs):
+    """One unit per ResNet stage and BERT layer, the root, and one unit for all BatchNorms (kept in
+    fp32) -- not one per BatchNorm (ResNet-18 has 20, ResNet-50 53)."""
+    units = two_rank_runs["fsdp"]["fsdp_units"]
+    norm_units = [u for u in units if len(u) > 1]
+    assert len(norm_units) == 1 and len(norm_units[0]) == 20, norm_units
+    assert all(name.split(".")[-1].startswith("bn") or name.endswith("downsample.1") for name in norm_units[0])
+    blocks = sorted(name for u in units if len(u) == 1 for name in u)
+    assert blocks == ["<root>", *(f"image_encoder.layer{i}" for i in range(1, 5)),
+                      "text_encoder.encoder.layer.0", "text_encoder.encoder.layer.1"]
+
+
+def count_host_reads(monkeypatch) -> dict[str, int]:
+    """From now on, count every Tensor method that brings a value to the host (on a GPU each one
+    waits for the device to finish all queued work)."""
+    counts: dict[str, int] = {}
+    for name in ("item", "tolist", "__bool__", "__float__", "__int__", "__index__", "numpy", "cpu"):
+        original = getattr(torch.Tensor, name)
+
+        def counted(self, *args, _original=original, _name=name, **kwargs):
+            counts[_name] = counts.get(_name, 0) + 1
+            return _original(self, *args, **kwargs)
+
+        monkeypatch.setattr(torch.Tensor, name, counted)
+    return counts
+
+
+@pytest.mark.parametrize("learnable_tau", [False, True])
+def test_train_step_reads_nothing_on_the_host(tmp_path, cache, monkeypatch, learnable_tau):
+    """The step is sync-free: no host read between optimizer steps; the log point reads the whole
+    window at once (one read, plus the temperature when it is learnable)."""
+    from convirt_fast.trainer import Trainer
+
+    cfg = tiny_config(tmp_path, cache, log_every=4, grad_accum=2, on_nonfinite="stop")
+    cfg.loss.learnable_tau = learnable_tau
+    trainer = Trainer(cfg)
+    batches = trainer.batches()
+    steps = [[next(batches), next(batches)] for _ in range(4)]
+    trainer.train_step(steps[0])  # the first step of a process counts its FLOPs and logs the loss path
+    trainer.step += 1
+    reads = count_host_reads(monkeypatch)
+    for micro in steps[1:]:
+        trainer.train_step(micro)
+        trainer.step += 1
+    assert reads == {}, f"host reads inside train_step: {reads}"
+    record = trainer.flush(seconds=1.0)
+    assert sum(reads.values()) == 1 + learnable_tau, reads
+    assert math.isfinite(record["loss"]) and record["step_ms"] == 250.0 and record["pairs_per_s"] == 32.0
+    assert record["mfu"] is None  # a CPU has no peak in the table: no MFU rather than a guessed one
+
+
+def test_metrics_have_step_time_and_flops(tmp_path, cache):
+    from convirt_fast.trainer import Trainer
+
+    trainer = Trainer(tiny_config(tmp_path, cache, max_steps=4, log_every=2, val_every=10, checkpoint_every=10))
+    summary = trainer.fit()
+    records = trainer.log.records()
+    setup = [r for r in records if r["kind"] == "setup"]
+    assert len(setup) == 1 and setup[0]["loss_input_dtype"] == "float32" and setup[0]["loss_backend"] == "torch"
+    # ResNet-18 at 32 px + a 2-layer BERT, batch 4: forward + backward, counted by FlopCounterMode
+    assert 1e7 < setup[0]["flops_per_step"] < 1e10
+    train = [r for r in records if r["kind"] == "train"]
+    assert [r["step"] for r in train] == [2, 4]
+    assert all(r["step_ms"] > 0 and r["pairs_per_s"] > 0 and "mfu" in r for r in train)
+    assert summary["mfu"] is None and summary["steps"] == 4
+
+
+@pytest.mark.gpu
+def test_gpu_train_step_never_syncs(tmp_path, cache):
+    """On a GPU, CUDA's own sync detector (set_sync_debug_mode) raises on any synchronising call
+    inside the step (a host read, a blocking copy); warm-up steps (Triton autotuning) excluded."""
+    from convirt_fast.trainer import Trainer
+
+    trainer = Trainer(tiny_config(tmp_path, cache, log_every=8))
+    batches = trainer.batches()
+    steps = [[next(batches)] for _ in range(6)]
+    for micro in steps[:3]:
+        trainer.train_step(micro)
+        trainer.step += 1
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        for micro in steps[3:]:
+            trainer.train_step(micro)
+            trainer.step += 1
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    record = trainer.flush(seconds=1.0)
+    assert math.isfinite(record["loss"])
 
 
 def test_resume_is_exact(tmp_path, cache):

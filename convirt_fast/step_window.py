@@ -1,0 +1,52 @@
+"""What the training steps between two log points leave on the device, read on the host once.
+
+The step itself never reads a device value (a read waits for the GPU to finish everything queued,
+so the next step could not be queued behind it): each step appends its loss and its non-finite
+flag as device tensors, and `read()` brings the whole window to the host in one transfer.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass
+class WindowSummary:
+    steps: int
+    finite_steps: int
+    mean_loss: float
+    """Mean of the finite steps' losses (nan when none was finite)."""
+    first_nonfinite: tuple[int, float, list[int]] | None
+    """(step, this rank's loss, this rank's manifest rows) of the first non-finite step."""
+
+
+class StepWindow:
+    def __init__(self):
+        self._steps: list[int] = []
+        self._losses: list[torch.Tensor] = []  # 0-d, this rank's mean over the micro-batches
+        self._bad: list[torch.Tensor] = []  # 0-d, 1.0 where some rank's loss was not finite
+        self._rows: list[list[torch.Tensor]] = []  # host tensors, converted only when a step was bad
+
+    def __len__(self) -> int:
+        return len(self._steps)
+
+    def record(self, step: int, loss: torch.Tensor, bad: torch.Tensor, rows: list[torch.Tensor]) -> None:
+        """rows: the micro-batches' manifest rows (host tensors), to name the studies of a bad step."""
+        self._steps.append(step)
+        self._losses.append(loss.detach().float())
+        self._bad.append(bad.detach().float())
+        self._rows.append(list(rows))
+
+    def read(self) -> WindowSummary:
+        """One device-to-host transfer for the whole window; the window is emptied."""
+        n = len(self._steps)
+        values = torch.stack(self._losses + self._bad).tolist()
+        losses, bad = values[:n], values[n:]
+        finite = [loss for loss, b in zip(losses, bad) if not b]
+        first = next(((s, loss, [r for part in rows for r in part.tolist()])
+                      for s, loss, b, rows in zip(self._steps, losses, bad, self._rows) if b), None)
+        self.__init__()
+        return WindowSummary(n, len(finite), sum(finite) / len(finite) if finite else math.nan, first)

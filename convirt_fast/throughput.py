@@ -1,0 +1,70 @@
+"""How well a run uses its hardware: FLOPs per step, counted once, and model FLOPs utilisation.
+
+MFU (as nanoGPT and PaLM define it) = model FLOPs per second achieved / the device's dense peak.
+The FLOPs are counted, not estimated from a formula: `torch.utils.flop_counter.FlopCounterMode`
+records every matmul and convolution of one real forward + backward (so frozen layers, which run
+no backward, count once, and the text length of that batch is the one counted). Work done outside
+aten ops, i.e. the fused Triton loss, is not counted: at batch 256 it is under 0.1% of a ResNet-50 +
+BERT-base step (8 N^2 D = 0.27 GFLOP against ~10 TFLOP).
+"""
+
+from __future__ import annotations
+
+import torch
+
+# Dense (no sparsity) datasheet peaks per GPU in TFLOP/s: (bf16/fp16 tensor cores, TF32, plain fp32).
+# First match of the name's substring wins, so the more specific names come first.
+PEAK_TFLOPS: list[tuple[str, tuple[float, float, float]]] = [
+    ("H200", (989.0, 494.0, 67.0)),
+    ("H100 PCIe", (756.0, 378.0, 51.0)),
+    ("H100 NVL", (835.0, 418.0, 60.0)),
+    ("H100", (989.0, 494.0, 67.0)),  # SXM
+    ("H800", (989.0, 494.0, 67.0)),
+    ("A100", (312.0, 156.0, 19.5)),
+    ("A800", (312.0, 156.0, 19.5)),
+    ("L40S", (362.0, 183.0, 91.6)),
+    ("A10G", (70.0, 35.0, 31.2)),
+    ("L4", (121.0, 60.0, 30.3)),
+    ("A10", (125.0, 62.5, 31.2)),
+]
+
+
+def peak_flops(device: torch.device, compute_dtype: torch.dtype | None) -> float | None:
+    """The device's dense peak in FLOP/s for this precision; None on a CPU or an unknown GPU
+    (an MFU against a guessed peak would mislead)."""
+    if device.type != "cuda":
+        return None
+    name = torch.cuda.get_device_name(device)
+    for key, (half, tf32, fp32) in PEAK_TFLOPS:
+        if key in name:
+            if compute_dtype in (torch.bfloat16, torch.float16):
+                return half * 1e12
+            return (tf32 if torch.backends.cuda.matmul.allow_tf32 else fp32) * 1e12
+    return None
+
+
+class FlopCount:
+    """Counts the FLOPs of what runs inside `with counter:` (forward and backward alike)."""
+
+    def __init__(self):
+        from torch.utils.flop_counter import FlopCounterMode
+
+        self._mode = FlopCounterMode(display=False)
+
+    def __enter__(self) -> "FlopCount":
+        self._mode.__enter__()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._mode.__exit__(*exc)
+
+    @property
+    def total(self) -> int:
+        return int(self._mode.get_total_flops())
+
+
+def utilisation(flops_per_step: float, steps: int, seconds: float, peak: float | None) -> float | None:
+    """MFU in [0, 1] of one device: per-rank FLOPs per step x steps / seconds / peak."""
+    if peak is None or seconds <= 0 or not flops_per_step:
+        return None
+    return flops_per_step * steps / seconds / peak
