@@ -1,47 +1,55 @@
-"""Training-step throughput: pairs/s of loader -> model -> loss -> optimizer.
+"""Training-step throughput: pairs/s of loader -> model -> loss -> optimizer, end to end.
 
-    pytest benchmarks/bench_train.py --benchmark-only
+    pytest benchmarks/bench_train.py --benchmark-only            # CPU case; GPU cases on CUDA
+    pytest benchmarks/bench_train.py --benchmark-only -k 256     # the batch-256 pair (scripts/gpu_check.sh)
 
-- convirt_fast: our loader (batched augmentation: torch backend, or DALI on a GPU when
-  installed), bf16 autocast on a GPU, the fused loss, fused AdamW;
-- paper_recipe: the same models in fp32 fed by torchvision per-sample transforms in DataLoader
-  workers, the reference loss (N x N matrices), plain Adam.
-Same models, same data (SynthCXR), same run. CPU: ResNet-18 + a 4-layer BERT at 128 px, batch
-32. GPU (scripts/gpu_check.sh): ResNet-50 + BERT-base (6 layers frozen) at 224 px, batch 32
-and 256. Each case records pairs/s and its ratio to paper_recipe (benchmarks/conftest.py).
+- convirt_fast: the real `Trainer` (convirt_fast/trainer.py) built from a `Config` on the prepared
+  data, timed on `trainer.train_step([batch])` over the trainer's own loader (our loader: batched
+  augmentation on the device, JPEGs decoded there with nvJPEG on a GPU; the fused loss; bf16
+  autocast and fused AdamW on a GPU). Setup (tokenizer training, model) is not timed.
+- plain_recipe: the competent plain recipe (benchmarks/_plain_recipe.py): torchvision per-sample
+  transforms in as many DataLoader workers as cores, HF tokenizer per batch, open_clip's loss,
+  bf16 autocast, fused AdamW, channels_last, cudnn.benchmark.
+Same models (`build_model` from the same ModelConfig), same data (SynthCXR), same process.
+
+Each provider: model and loader built, CONVIRT_BENCH_WARMUP steps untimed, then
+CONVIRT_BENCH_ROUNDS rounds (default 3 on a GPU, 5 on a CPU) of CONVIRT_BENCH_STEPS steps, the device synchronised
+before and after each round; data loading is inside the timing, and so is what Trainer.fit does
+around the step (the step count, a host read of the losses every train.log_every steps; the plain
+recipe reads its loss as often). extra_info: pairs_per_s (median
+over rounds), its min/max and every round, pairs_per_s_vs_plain_recipe (median / median, same
+run). Cases: CPU: ResNet-18 + a 4-layer BERT at 128 px, batch 32. GPU: ResNet-50 + BERT-base
+(6 layers frozen) at 224 px, batch 256 and 32 (`-k 256` selects the batch-256 pair only).
 """
 
+import gc
 import os
+import statistics
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 import torch
-from torch.utils.data import DataLoader
 
-from _paper_recipe import PaperImages
-from convirt_fast.config import ModelConfig
+from _plain_recipe import PlainRecipe, plain_workers
+from convirt_fast.config import Config, DataConfig, ModelConfig, TrainConfig
 from convirt_fast.data.augment import AugmentSpec
-from convirt_fast.data.loader import ConVIRTLoader
 from convirt_fast.data.manifest import load_manifest
-from convirt_fast.kernels.reference import convirt_loss_reference
-from convirt_fast.loss import ConVIRTLoss
-from convirt_fast.models import build_model
-from convirt_fast.text import SentenceIndex
-from convirt_fast.text.tokenizer import train_wordpiece
 
 CUDA = torch.cuda.is_available()
 DEVICE = torch.device("cuda" if CUDA else "cpu")
-STEPS = int(os.environ.get("CONVIRT_BENCH_STEPS", "20" if CUDA else "6"))
-WARMUP = 3 if CUDA else 1
-WORKERS = min(8, os.cpu_count() or 2) if CUDA else 2
+ROUNDS = int(os.environ.get("CONVIRT_BENCH_ROUNDS", "3" if CUDA else "5"))  # 2 shared cores: bursts
+STEPS = int(os.environ.get("CONVIRT_BENCH_STEPS", "12" if CUDA else "2"))  # per round
+WARMUP = int(os.environ.get("CONVIRT_BENCH_WARMUP", "4" if CUDA else "2"))
+WORKERS = plain_workers()  # both providers: as many workers as cores (capped)
+# Studies: enough for several batch-256 steps per epoch on a GPU; a quick prepare on a CPU.
+SYNTH_N = int(os.environ.get("CONVIRT_BENCH_SYNTH_N", "3000" if CUDA else "600"))
 
-_rates: dict[tuple, dict[str, float]] = {}
+_rates: dict[tuple, float] = {}
 
 if CUDA:
-    SIZES = [("resnet50+bert-base", 32), ("resnet50+bert-base", 256)]
+    SIZES = [("resnet50+bert-base", 256), ("resnet50+bert-base", 32)]
 else:
     SIZES = [("resnet18+bert-4", 32)]
 
@@ -57,98 +65,110 @@ def model_config(name: str) -> tuple[ModelConfig, int]:
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
     out = tmp_path_factory.mktemp("bench_train")
-    subprocess.run([sys.executable, "-m", "convirt_fast.prepare", "synthetic", "--n", "600", "--out", str(out),
+    subprocess.run([sys.executable, "-m", "convirt_fast.prepare", "synthetic", "--n", str(SYNTH_N), "--out", str(out),
                     "--no-progress"], check=True, capture_output=True)
-    manifest = load_manifest(out)
-    index = SentenceIndex.load(manifest.sentence_index_path)
-    rows = [r for r in manifest.split_indices("train") if index.sentences(r)]
-    tokenizer = train_wordpiece((s for r in rows for s in index.sentences(r)), vocab_size=8000)
-    return manifest, index, rows, tokenizer
+    return out
 
 
-def _time_steps(batches, step) -> float:
-    """pairs/s over STEPS steps after WARMUP steps (data loading included)."""
-    pairs, start = 0, None
-    for i, batch in enumerate(batches):
-        if i == WARMUP:
-            if CUDA:
-                torch.cuda.synchronize()
-            start, pairs = time.perf_counter(), 0
-        pairs += step(batch)
-        if i + 1 == WARMUP + STEPS:
-            break
+def _sync():
     if CUDA:
         torch.cuda.synchronize()
-    return pairs / (time.perf_counter() - start)
 
 
-def _ours(manifest, tokenizer, cfg, size, batch_size):
-    model, _ = build_model(cfg, tokenizer=tokenizer)
-    model.to(DEVICE).train()
-    loss_fn = ConVIRTLoss()
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4, fused=CUDA)
-    loader = ConVIRTLoader(manifest, tokenizer, batch_size=batch_size, augment=AugmentSpec(output_size=size),
-                           device=DEVICE, num_workers=WORKERS, max_length=64)
+def _measure(benchmark, step, batch_size: int) -> list[float]:
+    """WARMUP untimed steps, then ROUNDS rounds of STEPS steps; pairs/s of each round."""
+    for _ in range(WARMUP):
+        step()
+    rates = []
 
-    def step(batch):
-        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=CUDA):
-            out = model(batch["images"], batch["input_ids"], batch["attention_mask"])
-        loss = loss_fn(out["image"].float(), out["text"].float())
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        return batch["images"].shape[0]
+    def one_round():
+        start = time.perf_counter()
+        for _ in range(STEPS):
+            step()
+        _sync()
+        rates.append(STEPS * batch_size / (time.perf_counter() - start))
 
-    def batches():
-        while True:
-            yield from loader
-
-    return _time_steps(batches(), step)
+    benchmark.pedantic(one_round, setup=_sync, rounds=ROUNDS, iterations=1)
+    return rates
 
 
-def _paper_recipe(manifest, index, rows, tokenizer, cfg, size, batch_size):
-    model, _ = build_model(cfg, tokenizer=tokenizer)
-    model.to(DEVICE).train()
-    optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-4)
-    paths = [manifest.image_paths(r)[0] for r in rows]
+def _plain_recipe(benchmark, root, mcfg, size, batch_size):
+    from convirt_fast.models import build_model
+    from convirt_fast.text import SentenceIndex
+    from convirt_fast.text.tokenizer import train_wordpiece
+
+    manifest = load_manifest(root)
+    index = SentenceIndex.load(manifest.sentence_index_path)
+    rows = [r for r in manifest.split_indices("train") if index.sentences(r) and manifest.studies[r].images]
     sentences = [index.sentences(r) for r in rows]
-    dataset = PaperImages(paths, AugmentSpec(output_size=size), (WARMUP + STEPS) * batch_size, sentences)
-
-    def collate(items):
-        images = torch.stack([im for im, _ in items])
-        tokens = tokenizer([s for _, s in items], padding="longest", truncation=True, max_length=64, return_tensors="pt")
-        return images, tokens
-
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=True, num_workers=WORKERS, collate_fn=collate,
-                        drop_last=True, pin_memory=CUDA)
-
-    def step(batch):
-        images, tokens = batch
-        out = model(images.to(DEVICE), tokens["input_ids"].to(DEVICE), tokens["attention_mask"].to(DEVICE))
-        loss = convirt_loss_reference(out["image"], out["text"], 0.1, 0.75)
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        return images.shape[0]
-
-    return _time_steps(iter(loader), step)
+    tokenizer = train_wordpiece((s for ss in sentences for s in ss), vocab_size=mcfg.vocab_size)
+    torch.manual_seed(0)
+    model, _ = build_model(mcfg, tokenizer=tokenizer)
+    model.to(DEVICE).train()
+    recipe = PlainRecipe(model, tokenizer, [manifest.image_paths(r)[0] for r in rows], sentences,
+                         AugmentSpec(output_size=size), batch_size, WARMUP + ROUNDS * STEPS, DEVICE, workers=WORKERS,
+                         log_every=TrainConfig.log_every)
+    cudnn_benchmark = torch.backends.cudnn.benchmark
+    torch.backends.cudnn.benchmark = CUDA  # as open_clip's training main does
+    try:
+        return _measure(benchmark, recipe.step, batch_size)
+    finally:
+        torch.backends.cudnn.benchmark = cudnn_benchmark
+        recipe.close()
 
 
-@pytest.mark.parametrize("provider", ["paper_recipe", "convirt_fast"])  # baseline first
+def _convirt_fast(benchmark, root, run_dir, mcfg, size, batch_size):
+    from convirt_fast.trainer import Trainer
+
+    cfg = Config(model=mcfg,
+                 data=DataConfig(path=str(root), batch_size=batch_size, num_workers=WORKERS,
+                                 augment=AugmentSpec(output_size=size)),
+                 train=TrainConfig(max_steps=10**9, val_every=10**9, checkpoint_every=10**9, out_dir=str(run_dir),
+                                   run_name="bench", resume=None, evaluate=False, progress=False),
+                 preset="bench")
+    trainer = Trainer(cfg)
+    batches = iter((getattr(trainer, "batches", None) or trainer._batches)())  # the trainer's own loader
+    flush = getattr(trainer, "flush", None)
+    since = [time.perf_counter()]
+
+    def step():  # as Trainer.fit: the step, the step count, a host read every log_every steps
+        trainer.train_step([next(batches)])
+        trainer.step += 1
+        if flush is not None and trainer.step % cfg.train.log_every == 0:
+            now = time.perf_counter()
+            flush(seconds=now - since[0])
+            since[0] = now
+
+    try:
+        return _measure(benchmark, step, batch_size)
+    finally:
+        if hasattr(batches, "close"):
+            batches.close()
+        # Its workers must not compete with the next case for the cores.
+        getattr(getattr(trainer, "loader", None), "close", lambda: None)()
+
+
+@pytest.mark.parametrize("provider", ["plain_recipe", "convirt_fast"])  # baseline first
 @pytest.mark.parametrize("models, batch_size", SIZES)
-def test_train_step(benchmark, data, provider, models, batch_size):
-    manifest, index, rows, tokenizer = data
-    cfg, size = model_config(models)
-    if provider == "paper_recipe":
-        run = lambda: _paper_recipe(manifest, index, rows, tokenizer, cfg, size, batch_size)  # noqa: E731
-    else:
-        run = lambda: _ours(manifest, tokenizer, cfg, size, batch_size)  # noqa: E731
-    # The benchmark's own time includes building the model and the warm-up steps: the figure
-    # that counts is pairs/s over the timed steps, and its ratio to the baseline's.
-    rate = benchmark.pedantic(run, rounds=1, iterations=1)
+def test_train_step(benchmark, data, tmp_path, provider, models, batch_size):
+    mcfg, size = model_config(models)
+    try:
+        if provider == "plain_recipe":
+            rates = _plain_recipe(benchmark, data, mcfg, size, batch_size)
+        else:
+            rates = _convirt_fast(benchmark, data, tmp_path, mcfg, size, batch_size)
+    finally:
+        gc.collect()
+        if CUDA:
+            torch.cuda.empty_cache()
+    median = statistics.median(rates)
     key = (models, batch_size)
-    _rates.setdefault(key, {})[provider] = rate
-    benchmark.extra_info.update(group=f"{models} batch {batch_size}", provider=provider, pairs_per_s=round(rate, 1),
-                                image_size=size, steps=STEPS, device=str(DEVICE))
-    if provider != "paper_recipe" and "paper_recipe" in _rates[key]:
-        benchmark.extra_info["pairs_per_s_vs_paper_recipe"] = round(rate / _rates[key]["paper_recipe"], 2)
+    if provider == "plain_recipe":
+        _rates[key] = median
+    benchmark.extra_info.update(
+        group=f"{models} batch {batch_size}", provider=provider, baselines=["plain_recipe"],
+        pairs_per_s=round(median, 1), pairs_per_s_min=round(min(rates), 1), pairs_per_s_max=round(max(rates), 1),
+        pairs_per_s_rounds=[round(r, 1) for r in rates], batch_size=batch_size, image_size=size, steps=STEPS,
+        rounds=ROUNDS, warmup=WARMUP, workers=WORKERS, device=torch.cuda.get_device_name() if CUDA else "cpu")
+    if provider != "plain_recipe" and key in _rates:
+        benchmark.extra_info["pairs_per_s_vs_plain_recipe"] = round(median / _rates[key], 2)

@@ -66,6 +66,12 @@ class DataConfig:
     """Where SynthCXR is prepared; None: $CONVIRT_CACHE or ~/.cache/convirt_fast."""
     backend: str = "auto"
     """Augmentation backend: auto (DALI on a GPU when installed, else torch), dali or torch."""
+    decode: str = "auto"
+    """Where the torch backend decodes JPEGs: cpu (PIL in the DataLoader workers), gpu (workers
+    read the bytes, the batch is decoded on the GPU by torchvision's batched nvJPEG; PNGs and
+    16-bit images are still decoded in the workers) or auto (gpu with the torch backend on CUDA
+    when torchvision can decode there, else cpu). gpu without CUDA is an error, not a fallback.
+    DALI decodes by itself."""
     batch_size: int = 32
     """Pairs per rank per step (global batch = batch_size x ranks x grad_accum)."""
     num_workers: int = 2
@@ -82,6 +88,10 @@ class DataConfig:
             raise ValueError("data: batch_size >= 1, num_workers >= 0 and max_length >= 3 required")
         if self.backend not in ("auto", "dali", "torch"):
             raise ValueError(f"data.backend must be auto, dali or torch, got {self.backend!r}")
+        if self.decode not in ("auto", "cpu", "gpu"):
+            raise ValueError(f"data.decode must be auto, cpu or gpu, got {self.decode!r}")
+        if self.decode == "gpu" and self.backend == "dali":
+            raise ValueError("data.decode=gpu is an option of the torch backend (DALI decodes on the GPU by itself)")
 
 
 @dataclass

@@ -53,6 +53,10 @@ class Trainer:
         self.cfg = cfg
         self.info = info = init_distributed()
         self.device = info.device
+        if self.device.type == "cuda":
+            # Fixed input sizes (every batch is batch_size x output_size^2): let cuDNN pick the
+            # fastest convolution algorithms once, as every competent CNN training script does.
+            torch.backends.cudnn.benchmark = True
         torch.manual_seed(cfg.train.seed)  # same initial weights on every rank
         random.seed(cfg.train.seed + info.rank)
         self.run_dir = self._run_dir()
@@ -78,7 +82,7 @@ class Trainer:
                                    cfg.optim.plateau_patience, cfg.optim.plateau_factor)
         common = dict(batch_size=cfg.data.batch_size, augment=cfg.data.augment, backend=cfg.data.backend,
                       device=self.device, num_workers=cfg.data.num_workers, seed=cfg.train.seed, rank=info.rank,
-                      world_size=info.world_size, max_length=cfg.data.max_length)
+                      world_size=info.world_size, max_length=cfg.data.max_length, decode=cfg.data.decode)
         self.loader = ConVIRTLoader(self.manifest, self.tokenizer, split="train", **common)
         self.val_loader = self._validation_loader(ConVIRTLoader, common)
         self.checkpointer = Checkpointer(self.run_dir / "checkpoints")
@@ -87,6 +91,7 @@ class Trainer:
         self.skipped_nonfinite = 0
         self.best_val = math.inf
         self.window = StepWindow()
+        self.loss_input_dtype: torch.dtype | None = None  # seen by _loss, logged once
         self.flops_per_step: int | None = None  # counted on this process's first step
         self.peak_flops = peak_flops(self.device, self.autocast_dtype)
         resumed = self._maybe_resume()

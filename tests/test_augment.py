@@ -11,7 +11,8 @@ from scipy import stats
 from convirt_fast.data.augment import AugmentSpec, eval_matrix, sample_params
 from convirt_fast.data.augment_dali import DaliAugmenter, dali_available
 from convirt_fast.data.augment_torch import augment_batch, eval_batch, gaussian_kernels, to_unit_float, warp
-from convirt_fast.data.image_decode import ImageError, MAX_16BIT, pad_batch, read_image
+from convirt_fast.data.image_decode import (ImageError, MAX_16BIT, decode_jpegs_on_device, pad_batch, pad_batch_on_device,
+                                            read_encoded, read_image)
 
 needs_dali = pytest.mark.skipif(not dali_available(), reason="NVIDIA DALI not installed (pip install -e '.[dali]')")
 # A KS or binomial test at this level fails by chance once in 10,000 runs: a real mismatch
@@ -265,6 +266,58 @@ def test_truncated_jpeg_is_an_image_error(tmp_path):
 def test_missing_image():
     with pytest.raises(ImageError, match="nowhere.png: image file not found"):
         read_image("/nowhere/nowhere.png")
+
+
+def test_encoded_reads_and_batched_decode_match_the_worker_decode(tmp_path):
+    """decode=gpu's pieces on the CPU: complete JPEGs travel as bytes, everything else decoded
+    as read_image does; torchvision's batched JPEG decode gives read_image's pixels; the device
+    canvas is pad_batch's."""
+    rng = np.random.default_rng(0)
+    gray = (rng.random((200, 256)) * 255).astype(np.uint8)
+    Image.fromarray(gray).save(tmp_path / "gray.jpg", quality=90)
+    Image.fromarray(np.stack([gray, gray[::-1], gray[:, ::-1]], -1)).save(tmp_path / "rgb.jpg", quality=90)
+    Image.fromarray(gray).save(tmp_path / "eight.png")
+    Image.fromarray(gray.astype(np.uint16) * 257 + 3).save(tmp_path / "deep.png")
+    (tmp_path / "truncated.jpg").write_bytes((tmp_path / "gray.jpg").read_bytes()[:3000])
+    files = [tmp_path / n for n in ("gray.jpg", "rgb.jpg", "eight.png", "deep.png")]
+    read = [read_encoded(f) for f in files]
+    assert [r[0].ndim for r in read] == [1, 1, 2, 2] and all(r[1:] == (200, 256) for r in read)
+    assert read[3][0].dtype == np.uint16 and int(read[3][0].max()) == int(gray.max()) * 257 + 3
+    with pytest.raises(ImageError, match="truncated.jpg"):
+        read_encoded(tmp_path / "truncated.jpg")
+    decoded = decode_jpegs_on_device([torch.from_numpy(read[0][0]), torch.from_numpy(read[1][0])], torch.device("cpu"))
+    assert decoded[0].dtype == torch.uint8 and torch.equal(decoded[0], torch.from_numpy(read_image(files[0]).copy()))
+    # Colour: luma straight from the JPEG's Y channel vs PIL's luma of the decoded (and clipped)
+    # RGB; close on average, a few levels apart where this noise image's chroma clips.
+    assert (decoded[1].float() - torch.from_numpy(read_image(files[1]).copy()).float()).abs().mean() < 0.5
+    others = [torch.from_numpy(read[2][0].copy()), torch.from_numpy(read[3][0].astype(np.int32))]
+    canvas, max_value = pad_batch_on_device(decoded + others, torch.device("cpu"))
+    expected, _, _, expected_max = pad_batch([read_image(files[0]), decoded[1].numpy(), read_image(files[2]),
+                                              read_image(files[3])])
+    assert max_value == expected_max == MAX_16BIT and torch.equal(canvas, expected)
+
+
+@pytest.mark.gpu
+def test_nvjpeg_decode_matches_the_cpu_decode(tmp_path):
+    """nvJPEG (batched, on the GPU) against libjpeg-turbo on the same files; a corrupt JPEG in
+    the batch raises RuntimeError (the loader then redoes the batch with CPU decoding)."""
+    y, x = np.mgrid[0:240, 0:256]
+    smooth = (127 + 60 * np.sin(x / 17) * np.cos(y / 23) + (x + y) / 8).clip(0, 255).astype(np.uint8)
+    Image.fromarray(smooth).save(tmp_path / "gray.jpg", quality=90)
+    Image.fromarray(np.stack([smooth, smooth[::-1], smooth[:, ::-1]], -1)).save(
+        tmp_path / "rgb.jpg", quality=90)
+    files = [tmp_path / "gray.jpg", tmp_path / "rgb.jpg"]
+    encoded = [torch.from_numpy(read_encoded(f)[0]) for f in files]
+    gpu = decode_jpegs_on_device(encoded, torch.device("cuda"))
+    cpu = decode_jpegs_on_device(encoded, torch.device("cpu"))
+    for g, c in zip(gpu, cpu):
+        assert g.is_cuda and g.shape == c.shape == (240, 256)
+        diff = (g.cpu().int() - c.int()).abs()  # IDCT rounding may differ by a level or two
+        assert diff.float().mean() < 1.0 and diff.max() <= 8
+    assert torch.equal(cpu[0], torch.from_numpy(read_image(files[0]).copy()))
+    corrupt = torch.cat([encoded[0][:2], torch.randint(0, 255, (500,), dtype=torch.uint8), encoded[0][-2:]])
+    with pytest.raises(RuntimeError):
+        decode_jpegs_on_device([encoded[0], corrupt], torch.device("cuda"))
 
 
 # ----------------------------------------------------------------------------------------------

@@ -191,3 +191,123 @@ def test_backend_resolution():
     assert resolve_backend("auto", torch.device("cpu")) == "torch"
     with pytest.raises(ValueError, match="data.backend"):
         resolve_backend("opencv", torch.device("cpu"))
+
+
+def test_epochs_stream_through_one_iterator(synth, tokenizer, monkeypatch):
+    """Workers prefetch across epoch boundaries and `for` loops (one DataLoader iterator); the
+    batches stay those of the single-process loader, and a jump of position (resume) restarts
+    the stream there."""
+    from torch.utils.data import DataLoader
+
+    straight = make(synth, tokenizer, seed=7)
+    expected = collect(straight) + collect(straight) + collect(straight, limit=2)
+    starts = []
+    original = DataLoader.__iter__
+    monkeypatch.setattr(DataLoader, "__iter__", lambda self: starts.append(1) or original(self))
+    loader = make(synth, tokenizer, seed=7, num_workers=2)
+    got = collect(loader, limit=3)  # break mid-epoch: the live iterator keeps its place
+    got += collect(loader) + collect(loader) + collect(loader, limit=2)
+    assert len(starts) == 1 and loader.epoch == 2 and loader.position == 2
+    assert len(got) == len(expected)
+    for x, y in zip(got, expected):
+        assert torch.equal(x["rows"], y["rows"]) and torch.allclose(x["images"], y["images"])
+    loader.load_state_dict(make(synth, tokenizer, seed=7).state_dict())  # back to epoch 0, batch 0
+    again = collect(loader, limit=1)[0]
+    assert len(starts) == 2 and torch.equal(again["rows"], expected[0]["rows"])
+    loader.close()
+
+
+# ----------------------------------------------------------------------------------------------
+# data.decode: JPEGs decoded in the main process on the device (nvJPEG on a GPU)
+
+
+def test_decode_option_is_validated():
+    from convirt_fast.config import DataConfig
+    from convirt_fast.data.loader import resolve_decode
+
+    with pytest.raises(ValueError, match="data.decode"):
+        resolve_decode("nvjpeg", "torch", torch.device("cpu"))
+    with pytest.raises(ValueError, match="data.decode"):
+        DataConfig(decode="nvjpeg")
+    with pytest.raises(ValueError, match="torch backend"):
+        DataConfig(decode="gpu", backend="dali")
+    with pytest.raises(ValueError, match="torch backend"):
+        resolve_decode("gpu", "dali", torch.device("cuda"))
+    assert resolve_decode("auto", "torch", torch.device("cpu")) == "cpu"
+    assert resolve_decode("auto", "dali", torch.device("cuda")) == "cpu"  # DALI's own decoder
+    assert resolve_decode("cpu", "torch", torch.device("cuda")) == "cpu"
+
+
+def test_gpu_decode_without_cuda_is_an_error(synth, tokenizer):
+    """decode=gpu on a CPU raises, naming the fix (no silent fallback); auto decodes on the CPU."""
+    with pytest.raises(ValueError, match="data.decode=gpu needs a CUDA device.*decode=auto"):
+        make(synth, tokenizer, decode="gpu", device="cpu")
+    assert make(synth, tokenizer, decode="auto", device="cpu").decode == "cpu"
+
+
+@pytest.fixture
+def device_decode_on_cpu(monkeypatch):
+    """The decode="gpu" path (bytes in the workers, batched torchvision decode in the main
+    process) run on the CPU device: torchvision's CPU decoder stands in for nvJPEG."""
+    import convirt_fast.data.loader as loader_module
+
+    monkeypatch.setattr(loader_module, "resolve_decode", lambda decode, backend, device: decode)
+
+
+def mixed_formats(synth, tmp_path):
+    """A copy of SynthCXR where a few images are an 8-bit PNG, a 16-bit PNG, a truncated JPEG."""
+    import numpy as np
+    from PIL import Image
+
+    root = tmp_path / "mixed"
+    shutil.copytree(synth.root, root)
+    manifest = load_manifest(root)
+    train = manifest.split_indices("train")
+    paths = [manifest.image_paths(r)[0] for r in train[:3]]
+    pixels = np.asarray(Image.open(paths[0]))
+    Image.fromarray(pixels).save(paths[0], format="PNG")  # content decides, not the name
+    Image.fromarray(pixels.astype(np.uint16) * 257).save(paths[1], format="PNG")
+    data = paths[2].read_bytes()
+    paths[2].write_bytes(data[: len(data) // 2])
+    return manifest, train[:3], str(paths[2])
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_device_decode_path_matches_worker_decode(synth, tokenizer, tmp_path, device_decode_on_cpu, workers):
+    manifest, odd_rows, truncated = mixed_formats(synth, tmp_path)
+    reference = make(manifest, tokenizer, decode="cpu", drop_last=False, seed=1)
+    device = make(manifest, tokenizer, decode="gpu", drop_last=False, seed=1, num_workers=workers)
+    assert device._plan.decode_on_device and not device._plan.augment_in_worker
+    a, b = collect(reference), collect(device)
+    assert len(a) == len(b)
+    for x, y in zip(a, b):
+        assert torch.equal(x["rows"], y["rows"]) and x["sentences"] == y["sentences"]
+        assert (x["images"] - y["images"]).abs().max() < 1e-5  # same pixels, same parameters
+    rows = set(torch.cat([x["rows"] for x in b]).tolist())
+    assert set(odd_rows[:2]) <= rows and odd_rows[2] not in rows  # PNGs used, truncated replaced
+    assert set(device.replaced) == {truncated}
+
+
+def test_device_decode_failure_redoes_the_batch_on_the_cpu(synth, tokenizer, monkeypatch, device_decode_on_cpu):
+    import convirt_fast.data.loader as loader_module
+
+    def failing(encoded, device):
+        raise RuntimeError("Error while decoding JPEG images: nvjpeg status 2")
+
+    reference = collect(make(synth, tokenizer, decode="cpu", seed=2), limit=2)
+    monkeypatch.setattr(loader_module, "decode_jpegs_on_device", failing)
+    redone = collect(make(synth, tokenizer, decode="gpu", seed=2), limit=2)
+    for x, y in zip(reference, redone):
+        assert torch.equal(x["rows"], y["rows"]) and torch.equal(x["images"], y["images"])
+
+
+@pytest.mark.gpu
+def test_gpu_decode_loader_matches_cpu_decode(synth, tokenizer):
+    cpu = collect(make(synth, tokenizer, decode="cpu", device="cuda", seed=3))
+    gpu_loader = make(synth, tokenizer, decode="gpu", device="cuda", seed=3, num_workers=2)
+    assert gpu_loader.decode == "gpu"
+    gpu = collect(gpu_loader)
+    for x, y in zip(cpu, gpu):
+        assert torch.equal(x["rows"], y["rows"]) and y["images"].is_cuda
+        # nvJPEG and libjpeg-turbo may round the IDCT differently: a level here and there.
+        assert (x["images"] - y["images"]).abs().mean() * 0.226 < 4e-3  # < 1 level of 255

@@ -4,6 +4,10 @@ Crop, resize, flip, rotation, translation and scale are one affine map per sampl
 (`augment.compose_matrix`) applied by one `grid_sample`; brightness/contrast and a per-sample
 Gaussian blur (a grouped separable convolution) follow. It is the fallback where DALI is not
 installed and the reference the DALI pipeline is checked against.
+
+The per-sample parameters arrive on the CPU; they go to a CUDA device through pinned memory
+with non-blocking copies (`_to_device`), so augmenting a batch never makes the host wait for
+the GPU (a pageable copy would wait for the training step queued before it).
 """
 
 from __future__ import annotations
@@ -12,6 +16,14 @@ import torch
 import torch.nn.functional as F
 
 from convirt_fast.data.augment import AugmentParams, AugmentSpec
+
+
+def _to_device(values: torch.Tensor, device: torch.device, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """A small CPU tensor on `device` without a host-device synchronisation."""
+    values = values.to(dtype)
+    if device.type == "cuda" and values.device.type == "cpu":
+        return values.pin_memory().to(device, non_blocking=True)
+    return values.to(device)
 
 
 def to_unit_float(images: torch.Tensor, max_value: float) -> torch.Tensor:
@@ -31,15 +43,15 @@ def warp(images: torch.Tensor, matrix: torch.Tensor, output_size: int) -> torch.
     to_source_norm = torch.tensor([[2 / w, 0, -1], [0, 2 / h, -1], [0, 0, 1]], dtype=torch.float64)
     from_output_norm = torch.tensor([[s / 2, 0, s / 2], [0, s / 2, s / 2], [0, 0, 1]], dtype=torch.float64)
     full = torch.cat([matrix.double(), torch.tensor([[[0, 0, 1]]], dtype=torch.float64).expand(b, 1, 3)], 1)
-    theta = (to_source_norm @ full @ from_output_norm)[:, :2].to(device=images.device, dtype=torch.float32)
+    theta = _to_device((to_source_norm @ full @ from_output_norm)[:, :2], images.device)
     grid = F.affine_grid(theta, [b, 1, output_size, output_size], align_corners=False)
     return F.grid_sample(images, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
 
 
 def brightness_contrast(images: torch.Tensor, brightness: torch.Tensor, contrast: torch.Tensor) -> torch.Tensor:
     """out = b * (m + c * (x - m)), m each image's mean (see augment.py)."""
-    b = brightness.to(images.device, torch.float32).view(-1, 1, 1, 1)
-    c = contrast.to(images.device, torch.float32).view(-1, 1, 1, 1)
+    b = _to_device(brightness, images.device).view(-1, 1, 1, 1)
+    c = _to_device(contrast, images.device).view(-1, 1, 1, 1)
     mean = images.mean(dim=(1, 2, 3), keepdim=True)
     return b * (mean + c * (images - mean))
 
@@ -59,7 +71,7 @@ def gaussian_blur(images: torch.Tensor, sigma: torch.Tensor, kernel_size: int) -
     blurred = sigma > 0
     if not bool(blurred.any()):
         return images
-    kernel = gaussian_kernels(sigma, kernel_size).to(images.device, torch.float32)  # (B, K)
+    kernel = _to_device(gaussian_kernels(sigma.cpu(), kernel_size), images.device)  # (B, K)
     pad = kernel_size // 2
     if pad >= min(h, w):
         raise ValueError(f"blur kernel {kernel_size} too large for {h}x{w} images")

@@ -1,7 +1,15 @@
-"""Decoding images to one grayscale channel, keeping 16-bit precision, for the torch backend."""
+"""Decoding images to one grayscale channel, keeping 16-bit precision, for the torch backend.
+
+Two places decode: DataLoader workers (`read_image`: PIL, any format, 8 or 16 bits), or, with
+`data.decode=gpu`, the main process on the GPU (`decode_jpegs_on_device`: torchvision's batched
+nvJPEG) for the JPEGs whose bytes the workers read (`read_encoded`); `pad_batch` and
+`pad_batch_on_device` put either result on one zero canvas.
+"""
 
 from __future__ import annotations
 
+import functools
+import io
 import warnings
 from pathlib import Path
 
@@ -12,6 +20,11 @@ from PIL import Image, UnidentifiedImageError
 # 16-bit values are carried in int32: torch has few uint16 kernels.
 MAX_8BIT = 255.0
 MAX_16BIT = 65535.0
+# JPEG markers: start and end of image. A file that does not end with EOI is truncated (or has
+# trailing bytes): it is decoded on the CPU, whose full decode finds out which.
+_JPEG_SOI = b"\xff\xd8"
+_JPEG_EOI = b"\xff\xd9"
+_JPEG_TAIL = 64  # EOI may be followed by a little padding
 
 
 class ImageError(ValueError):
@@ -70,3 +83,100 @@ def pad_batch(arrays: list[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor, tor
             pixels = torch.from_numpy(np.array(a, copy=True))
         canvas[i, 0, : a.shape[0], : a.shape[1]] = pixels
     return canvas, heights, widths, MAX_16BIT if sixteen else MAX_8BIT
+
+
+def is_complete_jpeg(data: np.ndarray) -> bool:
+    """The bytes start with a JPEG SOI marker and end with EOI (within the last few bytes).
+
+    Entropy-coded JPEG data never contains 0xFFD9 (0xFF is stuffed), so EOI in the tail means
+    the file was written to its end; a truncated file fails this and goes to the CPU decoder.
+    """
+    return data.size > 4 and bytes(data[:2]) == _JPEG_SOI and _JPEG_EOI in bytes(data[-_JPEG_TAIL:])
+
+
+def read_encoded(path: str | Path) -> tuple[np.ndarray, int, int]:
+    """For device decoding: (encoded bytes, height, width) of a complete JPEG, or (pixels,
+    height, width) decoded here for anything else (PNG, 16-bit, DICOM-derived, a JPEG that
+    looks truncated). Encoded bytes are a 1-D uint8 array; pixels `read_image`'s 2-D uint8 or
+    uint16 array. Raises ImageError for what cannot be used, as `read_image`."""
+    path = Path(path)
+    try:
+        data = np.fromfile(path, dtype=np.uint8)
+    except FileNotFoundError:
+        raise ImageError(f"{path}: image file not found") from None
+    except OSError as error:
+        raise ImageError(f"{path}: cannot read ({error})") from None
+    if is_complete_jpeg(data):
+        try:
+            with Image.open(io.BytesIO(data.tobytes())) as image:  # header only
+                width, height = image.size
+                if image.format == "JPEG":
+                    return data, height, width
+        except (UnidentifiedImageError, OSError, SyntaxError, ValueError):
+            pass  # the full decode below names the problem
+    pixels = read_image(path)
+    return pixels, pixels.shape[0], pixels.shape[1]
+
+
+def decode_jpegs_on_device(encoded: list[torch.Tensor], device: torch.device) -> list[torch.Tensor]:
+    """Batched JPEG decode to one channel (luma) with torchvision: nvJPEG on a CUDA device (one
+    call for the batch), libjpeg-turbo on the CPU. Returns (H, W) uint8 tensors on `device`.
+    Raises RuntimeError when an image does not decode (torchvision fails the whole batch)."""
+    from torchvision.io import ImageReadMode, decode_jpeg
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torchvision >= 0.29 marks its decoders deprecated (TorchCodec)
+        if device.type != "cuda":
+            return [image[0] for image in decode_jpeg(encoded, mode=ImageReadMode.GRAY, device=device)]
+        # torchvision allocates the outputs on the current stream but nvJPEG writes them from a
+        # stream of its own, without waiting for ours: memory just freed by a training step
+        # still queued on the current stream could be overwritten. Outputs allocated on a side
+        # stream come from that stream's pool, which nothing else uses; the current stream then
+        # waits for the side stream, and the outputs are marked as used by it.
+        current = torch.cuda.current_stream(device)
+        side = _decode_stream(device)
+        with torch.cuda.stream(side):
+            images = decode_jpeg(encoded, mode=ImageReadMode.GRAY, device=device)
+        current.wait_stream(side)
+        for image in images:
+            image.record_stream(current)
+    return [image[0] for image in images]
+
+
+@functools.lru_cache(maxsize=None)
+def _decode_stream(device: torch.device) -> "torch.cuda.Stream":
+    return torch.cuda.Stream(device=device)
+
+
+@functools.lru_cache(maxsize=None)
+def gpu_decode_status(device: str) -> str | None:
+    """None when torchvision decodes JPEGs on `device` (nvJPEG), else the reason it cannot;
+    found by decoding a tiny JPEG there once per process."""
+    if not torch.cuda.is_available() or torch.device(device).type != "cuda":
+        return "no CUDA device"
+    try:
+        buffer = io.BytesIO()
+        Image.fromarray(np.arange(64, dtype=np.uint8).reshape(8, 8) * 4).save(buffer, format="JPEG", quality=95)
+        encoded = torch.frombuffer(bytearray(buffer.getvalue()), dtype=torch.uint8)
+        (image,) = decode_jpegs_on_device([encoded], torch.device(device))
+        if tuple(image.shape) != (8, 8) or not image.is_cuda:
+            return f"torchvision's GPU decode returned {tuple(image.shape)} on {image.device}"
+    except Exception as error:  # noqa: BLE001 - any failure means: decode on the CPU
+        return f"torchvision cannot decode JPEGs on {device}: {str(error).splitlines()[0] if str(error) else error!r}"
+    return None
+
+
+def pad_batch_on_device(images: list[torch.Tensor], device: torch.device) -> tuple[torch.Tensor, float]:
+    """`pad_batch` for 2-D tensors already decoded (on the device or not): (B, 1, Hmax, Wmax)
+    on `device`, uint8, or int32 when any image is 16-bit (int32 input; 8-bit ones then x 257),
+    and the value that maps to 1.0."""
+    sixteen = any(image.dtype == torch.int32 for image in images)
+    height = max(int(image.shape[0]) for image in images)
+    width = max(int(image.shape[1]) for image in images)
+    canvas = torch.zeros(len(images), 1, height, width, dtype=torch.int32 if sixteen else torch.uint8, device=device)
+    for i, image in enumerate(images):
+        image = image.to(device, non_blocking=True)
+        if sixteen and image.dtype == torch.uint8:
+            image = image.to(torch.int32) * 257
+        canvas[i, 0, : image.shape[0], : image.shape[1]] = image
+    return canvas, MAX_16BIT if sixteen else MAX_8BIT

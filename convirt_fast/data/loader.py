@@ -8,11 +8,20 @@ device, one sampled sentence per study tokenized, and the study rows.
         batch["rows"]               # (B,) manifest rows of the studies
     state = loader.state_dict()     # resume: ConVIRTLoader(...).load_state_dict(state)
 
-Work split: DataLoader workers read files (decode them for the torch backend; for DALI only
-read the bytes and the size in the header), sample sentences, tokenize and draw the
-augmentation parameters; the main process runs the augmentation on the device (torch backend)
-or the DALI pipeline. An image that cannot be read is replaced by another study, counted and
-reported, never a crash.
+Work split: DataLoader workers read files (decode them for the torch backend; for DALI, and
+for the torch backend with `decode="gpu"`, only read the bytes and the size in the header),
+sample sentences, tokenize and draw the augmentation parameters; the main process decodes the
+batch's JPEGs on the GPU (`decode="gpu"`: torchvision's batched nvJPEG; other formats were
+decoded by the worker) and runs the augmentation on the device (torch backend), or runs the
+DALI pipeline. An image that cannot be read is replaced by another study, counted and
+reported, never a crash; a batch the GPU decoder rejects is redone with CPU decoding, which
+finds and replaces the bad file.
+
+Training loaders keep their workers busy across epoch boundaries: the DataLoader's sampler is
+an endless stream of (epoch, batch) keys, so the next epoch's first batches are prefetched
+while this one's last ones train. The iterator survives between `for` loops as long as the
+position it would deliver next is the loader's position (after `load_state_dict` or a reset,
+a new one starts there).
 """
 
 from __future__ import annotations
@@ -30,12 +39,14 @@ from torch.utils.data import DataLoader, Dataset
 from convirt_fast.data.augment import AugmentSpec, eval_matrix, sample_params
 from convirt_fast.data.augment_dali import DaliAugmenter, dali_available
 from convirt_fast.data.augment_torch import augment_batch, eval_batch, to_unit_float
-from convirt_fast.data.image_decode import ImageError, image_size, pad_batch, read_image
+from convirt_fast.data.image_decode import (ImageError, decode_jpegs_on_device, gpu_decode_status, image_size,
+                                            pad_batch, pad_batch_on_device, read_encoded, read_image)
 from convirt_fast.data.study_sampler import StudySampler, derive_seed
 
 log = logging.getLogger(__name__)
 
 BACKENDS = ("auto", "dali", "torch")
+DECODES = ("auto", "cpu", "gpu")
 # Unreadable images in a row before a batch gives up (then the data set is mostly broken).
 _MAX_REPLACEMENTS = 16
 
@@ -51,6 +62,31 @@ def resolve_backend(backend: str, device: torch.device) -> str:
     return backend
 
 
+def resolve_decode(decode: str, backend: str, device: torch.device) -> str:
+    """Where the torch backend decodes JPEGs: "cpu" (PIL, in the workers) or "gpu" (nvJPEG in
+    the main process). auto: gpu when the backend is torch, the device is CUDA and torchvision
+    decodes there, else cpu. An explicit gpu that cannot be honoured raises (no silent
+    fallback); with the DALI backend, decoding is DALI's own (nvJPEG on a GPU)."""
+    if decode not in DECODES:
+        raise ValueError(f"data.decode must be one of {DECODES}, got {decode!r}")
+    if decode == "cpu" or (decode == "auto" and (backend != "torch" or device.type != "cuda")):
+        return "cpu"
+    if decode == "gpu":
+        if backend != "torch":
+            raise ValueError(f"data.decode=gpu is an option of the torch backend; data.backend={backend} decodes "
+                             f"by itself (DALI: nvJPEG on a GPU). Use data.decode=auto with DALI")
+        if device.type != "cuda":
+            raise ValueError(f"data.decode=gpu needs a CUDA device, the loader runs on {device}; "
+                             f"use data.decode=auto (GPU decode where possible) or cpu")
+    reason = gpu_decode_status(str(device))
+    if reason is None:
+        return "gpu"
+    if decode == "gpu":
+        raise RuntimeError(f"data.decode=gpu: {reason}; use data.decode=cpu")
+    log.info("decoding JPEGs on the CPU: %s", reason)
+    return "cpu"
+
+
 @dataclass
 class _BatchPlan:
     """What the workers need, picklable (no open files, no C++ objects)."""
@@ -64,6 +100,7 @@ class _BatchPlan:
     tokenizer: object
     max_length: int
     augment_in_worker: bool = False
+    decode_on_device: bool = False
 
 
 class _EpochBatches(Dataset):
@@ -89,6 +126,8 @@ class _EpochBatches(Dataset):
         plan = self.plan
         paths = plan.images[row]
         path = paths[plan.sampler.image_choice(epoch, row, len(paths)) if plan.train else 0]
+        if plan.decode_on_device:
+            return read_encoded(path)
         if plan.read_bytes:
             height, width = image_size(path)
             data = np.fromfile(path, dtype=np.uint8)
@@ -130,6 +169,17 @@ class _EpochBatches(Dataset):
             out["matrix"] = eval_matrix(heights, widths, plan.spec.output_size)
         if plan.read_bytes:
             out["encoded"] = [data for data, _, _ in items]
+        elif plan.decode_on_device:
+            # One tensor for all the JPEG bytes: a tensor from a worker costs a shared-memory file
+            # descriptor while it lives, and 256 per batch times the prefetched batches would
+            # exhaust the limit. Images decoded here (PNG, 16-bit) travel as arrays.
+            jpegs = [i for i, (data, _, _) in enumerate(items) if data.ndim == 1]
+            out["jpeg_bytes"] = torch.from_numpy(np.concatenate([items[i][0] for i in jpegs]) if jpegs
+                                                 else np.zeros(0, np.uint8))
+            out["jpeg_lengths"] = [int(items[i][0].size) for i in jpegs]
+            out["jpeg_index"] = jpegs
+            out["decoded"] = {i: data for i, (data, _, _) in enumerate(items) if data.ndim == 2}
+            out["sizes"] = [(h, w) for _, h, w in items]
         else:
             out["pixels"], _, _, out["max_value"] = pad_batch([data for data, _, _ in items])
             if plan.augment_in_worker:
@@ -154,6 +204,25 @@ def _no_collate(batch):
     return batch
 
 
+class _KeyStream:
+    """The DataLoader's sampler: (epoch, batch) keys from `start` on; with `endless`, epoch
+    after epoch (workers prefetch across epoch boundaries), else to the end of that epoch."""
+
+    def __init__(self, batches_per_epoch: int, endless: bool):
+        self.batches_per_epoch, self.endless = batches_per_epoch, endless
+        self.start = (0, 0)
+
+    def __iter__(self):
+        epoch, b = self.start
+        while self.batches_per_epoch > 0:
+            if b == self.batches_per_epoch:
+                if not self.endless:
+                    return
+                epoch, b = epoch + 1, 0
+            yield epoch, b
+            b += 1
+
+
 class ConVIRTLoader:
     """Batches of (augmented image, sampled sentence) pairs for one rank; see the module doc.
 
@@ -164,11 +233,13 @@ class ConVIRTLoader:
     def __init__(self, manifest, tokenizer, *, split: str = "train", batch_size: int = 32,
                  augment: AugmentSpec | None = None, train: bool = True, backend: str = "auto",
                  device: str | torch.device = "cpu", num_workers: int = 2, seed: int = 0, rank: int = 0,
-                 world_size: int = 1, drop_last: bool | None = None, max_length: int = 64):
+                 world_size: int = 1, drop_last: bool | None = None, max_length: int = 64, decode: str = "auto"):
         from convirt_fast.text import SentenceIndex
 
         self.device = torch.device(device)
         self.backend = resolve_backend(backend, self.device)
+        decode = resolve_decode(decode, self.backend, self.device)
+        self.decode = decode if self.backend == "torch" else "dali"  # DALI decodes by itself
         self.spec = augment or AugmentSpec()
         self.train = train
         self.num_workers = num_workers
@@ -189,17 +260,21 @@ class ConVIRTLoader:
         images = [[str(p) for p in manifest.image_paths(i)] for i in range(len(manifest))]
         # On a CPU the workers run the batched augmentation too, overlapping it with the step;
         # on a GPU it runs on the device, in the main process.
-        augment_in_worker = self.backend == "torch" and self.device.type == "cpu" and num_workers > 0
+        decode_on_device = self.decode == "gpu"
+        augment_in_worker = (self.backend == "torch" and self.device.type == "cpu" and num_workers > 0
+                             and not decode_on_device)
         self._plan = _BatchPlan(images, str(index_path), sampler, self.spec, train,
                                 read_bytes=self.backend == "dali", tokenizer=tokenizer, max_length=max_length,
-                                augment_in_worker=augment_in_worker)
+                                augment_in_worker=augment_in_worker, decode_on_device=decode_on_device)
         self.sampler = sampler
         self.epoch = 0
         self.position = 0  # next batch index within the epoch
         self.replaced: Counter = Counter()  # unreadable file -> times replaced
         self._dali = None
-        self._keys: list[tuple[int, int]] = []  # the DataLoader's sampler, refilled per epoch
+        self._keys = _KeyStream(sampler.num_batches(), endless=train)  # the DataLoader's sampler
         self._loader = None
+        self._live = None  # the DataLoader iterator, kept across epochs and `for` loops
+        self._live_next: tuple[int, int] | None = None  # the key it delivers next
 
     # -- iteration -----------------------------------------------------------------------------
 
@@ -208,43 +283,70 @@ class ConVIRTLoader:
 
     def __iter__(self):
         """The rest of the current epoch; at its end the loader moves to the next epoch."""
-        self._keys[:] = [(self.epoch, b) for b in range(self.position, len(self))]
-        if self._loader is None:
-            # Persistent workers: epochs after the first start without spawning processes.
-            self._loader = DataLoader(_EpochBatches(self._plan), batch_size=None, sampler=self._keys,
-                                      num_workers=self.num_workers, collate_fn=_no_collate,
-                                      pin_memory=self.device.type == "cuda", persistent_workers=self.num_workers > 0,
-                                      generator=torch.Generator().manual_seed(self.sampler.seed))
-        # (Its own generator: creating an iterator draws a worker seed, which must not advance the
-        # global RNG; that would change dropout masks after a resume.)
-        for raw in self._loader:
+        while self.position < len(self):
+            live = self._iterator()
+            self._live_next = None  # unknown until this batch arrives (a worker error leaves it so)
+            raw = next(live)
+            if raw["key"] != (self.epoch, self.position):  # cannot happen: the stream starts here
+                raise RuntimeError(f"loader out of step: got batch {raw['key']}, "
+                                   f"expected {(self.epoch, self.position)}")
             batch = self._finish(raw)
             self.position += 1
+            self._live_next = (self.epoch, self.position)
+            if self.position == len(self):
+                self._live_next = (self.epoch + 1, 0) if self._keys.endless else None
             yield batch
         self.epoch += 1
         self.position = 0
 
-    def _finish(self, raw: dict, force_torch: bool = False) -> dict:
+    def _iterator(self):
+        """The live DataLoader iterator if it delivers (epoch, position) next, else a new one
+        starting there."""
+        if self._live is None or self._live_next != (self.epoch, self.position):
+            if self._loader is None:
+                # Persistent workers: iterators after the first start without spawning processes.
+                # (Its own generator: creating an iterator draws a worker seed, which must not
+                # advance the global RNG; that would change dropout masks after a resume.)
+                self._loader = DataLoader(_EpochBatches(self._plan), batch_size=None, sampler=self._keys,
+                                          num_workers=self.num_workers, collate_fn=_no_collate,
+                                          pin_memory=self.device.type == "cuda",
+                                          persistent_workers=self.num_workers > 0,
+                                          generator=torch.Generator().manual_seed(self.sampler.seed))
+            self._keys.start = (self.epoch, self.position)
+            self._live = iter(self._loader)  # a persistent iterator drops what it had prefetched
+            self._live_next = (self.epoch, self.position)
+        return self._live
+
+    def close(self) -> None:
+        """Stop the worker processes now (they also stop when the loader is garbage-collected);
+        iterating again starts new ones."""
+        shutdown = getattr(self._live, "_shutdown_workers", None)
+        if shutdown is not None:
+            shutdown()
+        self._live, self._live_next, self._loader = None, None, None
+
+    def _finish(self, raw: dict) -> dict:
         for row, message in raw.pop("problems"):
             path = message.split(":")[0]
             if self.replaced[path] == 0:
                 log.warning("skipping unreadable image (study row %d replaced): %s", row, message)
             self.replaced[path] += 1
-        images = None
-        if self.backend == "dali" and not force_torch:
+        if "encoded" in raw or "jpeg_bytes" in raw:  # DALI, or JPEG bytes for the GPU decoder
             try:
-                images = self._run_dali(raw)
+                images = self._run_dali(raw) if "encoded" in raw else self._decode_and_augment(raw)
             except RuntimeError as error:
-                # A file that passed the header check but does not decode (truncated JPEG):
-                # redo this batch on the torch path, whose full decode finds and replaces it.
-                log.warning("DALI failed on batch %s (epoch, index), redoing it with the torch backend: %s",
-                            raw["key"], str(error).splitlines()[0])
+                # A file that passed the header checks but does not decode (a corrupt JPEG):
+                # redo this batch with CPU decoding, whose full decode finds and replaces it.
+                log.warning("%s decoding failed on batch %s (epoch, index), redoing it with CPU decoding: %s",
+                            "DALI" if self.backend == "dali" else "GPU", raw["key"],
+                            str(error).splitlines()[0] if str(error) else repr(error))
                 self._dali = None
-                raw = _EpochBatches(dataclasses.replace(self._plan, read_bytes=False))[raw["key"]]
-                return self._finish(raw, force_torch=True)
-        if images is None and "images" in raw:  # augmented in the worker (CPU training)
+                plan = dataclasses.replace(self._plan, read_bytes=False, decode_on_device=False,
+                                           augment_in_worker=False)
+                return self._finish(_EpochBatches(plan)[raw["key"]])
+        elif "images" in raw:  # augmented in the worker (CPU training)
             images = raw["images"]
-        elif images is None:
+        else:
             pixels = raw.pop("pixels").to(self.device, non_blocking=True)
             images = _augment_torch(pixels, raw.pop("max_value"), raw, self._plan)
         batch = {"images": images, "rows": raw["rows"]}
@@ -253,6 +355,24 @@ class ConVIRTLoader:
             batch["attention_mask"] = raw["attention_mask"].to(self.device, non_blocking=True)
             batch["sentences"] = raw["sentences"]
         return batch
+
+    def _decode_and_augment(self, raw: dict) -> torch.Tensor:
+        """decode="gpu": the batch's JPEGs in one nvJPEG call, then the torch augmentation."""
+        sizes = raw.pop("sizes")
+        pixels: list = [None] * len(sizes)
+        for i, array in raw.pop("decoded").items():  # decoded by the worker
+            pixels[i] = torch.from_numpy(array.astype(np.int32) if array.dtype == np.uint16
+                                         else np.require(array, requirements=["C", "W"]))
+        jpegs, lengths, data = raw.pop("jpeg_index"), raw.pop("jpeg_lengths"), raw.pop("jpeg_bytes")
+        if jpegs:
+            encoded = list(torch.split(data, lengths))  # views of the (pinned) buffer
+            for i, image in zip(jpegs, decode_jpegs_on_device(encoded, self.device)):
+                pixels[i] = image
+        for (height, width), image in zip(sizes, pixels):
+            if tuple(image.shape) != (height, width):  # the parameters were drawn for the header's size
+                raise RuntimeError(f"decoded {tuple(image.shape)}, header says {(height, width)}")
+        canvas, max_value = pad_batch_on_device(pixels, self.device)
+        return _augment_torch(canvas, max_value, raw, self._plan)
 
     def _run_dali(self, raw: dict) -> torch.Tensor:
         if self._dali is None:
