@@ -1,5 +1,6 @@
-"""The ConVIRT loss: fused Triton kernel vs the plain reference, the chunked torch path and an
-open_clip-style loss, in forward, backward and forward + backward, over N, at D = 512.
+"""The ConVIRT loss: fused Triton kernel vs the plain reference, the torch path and open_clip's
+ClipLoss (`kernels.reference.open_clip_style`), in forward, backward and forward + backward, over
+N, at D = 512.
 
     pytest benchmarks/bench_loss.py --benchmark-only
 
@@ -7,10 +8,15 @@ On a GPU: bf16, N from 32 to 262,144. On a CPU: fp32, N to 4,096, no Triton (the
 no benchmark). Providers whose estimated memory exceeds the device's are skipped, with the reason.
 Each case records in extra_info: median ms (pytest-benchmark's own columns), "speedup" over the
 reference measured in the same run (or over the fastest other baseline that ran, when the
-reference was skipped; benchmarks/conftest.py), TFLOP/s counted as 2 N^2 D (forward), 6 N^2 D
-(backward), 8 N^2 D (full), peak memory beyond the inputs in MiB (on a CPU: the resident-set
-high-water mark, approximate), and on a GPU the number of kernels launched (N <= 4096). Peak
-memory and kernel counts of the backward mode include its (untimed) forward. Results: benchmarks/results/bench_loss_<cpu|cuda>.json.
+reference was skipped; benchmarks/conftest.py), and for the fused and torch providers also
+"vs_reference" and "vs_open_clip" (the baselines run first in each group, so these are known when
+the case records), TFLOP/s counted as 2 N^2 D (forward), 6 N^2 D (backward), 8 N^2 D (full) and on
+CUDA "pct_peak" (% of the 989 TFLOP/s dense bf16 datasheet peak of an H100/H200), peak memory
+beyond the inputs in MiB (on a CPU: the resident-set high-water mark, approximate), on a GPU the
+number of kernels launched (N <= 4096) and for the fused provider the autotuner's picks so far
+("autotune"). Peak memory and kernel counts of the backward mode include its (untimed) forward.
+`test_sm90a_compile_report` records every shipped tile config's registers, spills, shared memory
+and wgmma for sm_90a (kernels/compile_report.py). Results: benchmarks/results/bench_loss_<cpu|cuda>.json.
 
 Targets (DESIGN.md section 1): N = 32,768 bf16 on an H100: full >= 50% of dense bf16 peak, >= 3x
 the open_clip-style loss and never slower than it; < 1 GiB beyond the inputs at N = 262,144;
@@ -25,10 +31,9 @@ import time
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 from convirt_fast.kernels import convirt_loss
-from convirt_fast.kernels.reference import convirt_loss_reference
+from convirt_fast.kernels.reference import convirt_loss_reference, open_clip_style
 
 CUDA = torch.cuda.is_available()
 D, TAU, LAM = 512, 0.1, 0.75
@@ -39,25 +44,17 @@ MODES = ["forward", "backward", "full"]
 FULL_ONLY_ABOVE = 65536
 FLOPS = {"forward": 2, "backward": 6, "full": 8}  # x N^2 D
 TIME_BUDGET_S = float(os.environ.get("CONVIRT_BENCH_BUDGET_S", "0.5" if CUDA else "0.6"))
+PEAK_TFLOPS = 989.0  # H100/H200 SXM dense bf16, datasheet
 
-
-def open_clip_style(img, txt, tau=TAU, lam=LAM):
-    """open_clip's ClipLoss on normalised features (logit_scale = 1/tau): two logits matrices and
-    two cross-entropies, weighted by lam as ConVIRT's directions."""
-    img, txt = F.normalize(img, dim=-1), F.normalize(txt, dim=-1)
-    logits_per_image = (1.0 / tau) * img @ txt.t()
-    logits_per_text = (1.0 / tau) * txt @ img.t()
-    labels = torch.arange(img.shape[0], device=img.device)
-    return lam * F.cross_entropy(logits_per_image, labels) + (1 - lam) * F.cross_entropy(logits_per_text, labels)
-
-
+# baselines first: each group's fused and torch cases then know the baselines' medians
 PROVIDERS = {
-    "fused": lambda x, y: convirt_loss(x, y, TAU, LAM, backend="triton"),
     "reference": lambda x, y: convirt_loss_reference(x, y, TAU, LAM),
+    "open_clip": lambda x, y: open_clip_style(x, y, TAU, LAM),
     "torch": lambda x, y: convirt_loss(x, y, TAU, LAM, backend="torch"),
-    "open_clip": open_clip_style,
+    "fused": lambda x, y: convirt_loss(x, y, TAU, LAM, backend="triton"),
 }
 BASELINES = ["reference", "open_clip", "torch"]  # speedup vs the reference, else the fastest of these
+_medians: dict[tuple[str, str], float] = {}  # (group, provider) -> median s, this run
 
 
 def _estimated_bytes(provider: str, n: int) -> int:
@@ -163,11 +160,37 @@ def test_loss(benchmark, mode, n, provider):
         benchmark.pedantic(forward if mode == "forward" else full, rounds=rounds, warmup_rounds=0)
 
     median = benchmark.stats.stats.median
+    group = f"{mode} N={n}"
+    _medians[group, provider] = median
+    tflops = FLOPS[mode] * n * n * D / median / 1e12
     benchmark.extra_info.update({
-        "group": f"{mode} N={n}", "provider": provider, "baselines": BASELINES, "mode": mode, "n": n,
+        "group": group, "provider": provider, "baselines": BASELINES, "mode": mode, "n": n,
         "d": D, "dtype": str(DTYPE).replace("torch.", ""), "median_ms": round(median * 1e3, 4),
-        "tflops": round(FLOPS[mode] * n * n * D / median / 1e12, 3),
+        "tflops": round(tflops, 3),
         "peak_mib": None if peak is None else round(peak / 2**20, 1),
     })
+    if provider in ("fused", "torch"):
+        for base in ("reference", "open_clip"):
+            if (group, base) in _medians:
+                benchmark.extra_info[f"vs_{base}"] = round(_medians[group, base] / median, 3)
+    if CUDA:
+        benchmark.extra_info["pct_peak"] = round(100 * tflops / PEAK_TFLOPS, 2)
     if n <= 4096 and CUDA:
         benchmark.extra_info["kernels"] = _kernel_count(run_once)
+    if provider == "fused":
+        from convirt_fast.kernels.triton_loss import autotune_choices
+
+        benchmark.extra_info["autotune"] = autotune_choices()
+
+
+def test_sm90a_compile_report(benchmark):
+    """Registers, spills, shared memory and wgmma of every shipped tile config for sm_90a, into
+    this suite's JSON (one record; no timing of interest: the compile runs once, untimed)."""
+    pytest.importorskip("triton")
+    from convirt_fast.kernels import compile_report
+
+    if compile_report.ptxas_path() is None:
+        pytest.skip("Triton's bundled ptxas is absent")
+    report = compile_report.sm90a_report()
+    benchmark.pedantic(lambda: None, rounds=1, warmup_rounds=0)
+    benchmark.extra_info.update({"sm90a_report": report, "problems": compile_report.problems(report)})

@@ -31,31 +31,39 @@ The rest is O(N^2) exponentials (2 per logit forward, 2 backward) and O(N D) pro
 kernels (norms, diagonal, normalisation backward, d tau).
 
 Memory beyond inputs and gradients: O(N) statistics; forward column partials (<= 256 MiB,
-triton_loss.COL_SCRATCH_BYTES); backward: the strip H (N x <= 1024 columns, <= 128 MiB), W in fp32
-(N x D) and the normalised x in the input dtype (N x D). No N x N matrix: at N = 262,144, D = 512,
-bf16: 0.25 GiB of scratch in the forward, 0.875 GiB in the backward (W 512 MiB, x 256, H 128).
+triton_loss.COL_SCRATCH_BYTES); backward: the strip H (N x <= 8,192 columns, <= 256 MiB, and
+within triton_loss.BACKWARD_BYTES with W and x), W in fp32 (N x D) and the normalised x in the input
+dtype (N x D). No N x N matrix: at N = 262,144, D = 512, bf16: 0.25 GiB of scratch in the forward,
+0.875 GiB in the backward (W 512 MiB, x 256, H 128). The torch backend's direct path below
+torch_loss.DIRECT_ELEMS logits (N <= 1,024) holds a few N x N fp32 matrices of at most 4 MiB.
 
-Launches (N <= 1024): forward 3 kernels (prologue, LSE pass, column merge + loss) plus the fill of
-a float tau; backward 7 (row scaling x2, gradient strip, two GEMMs, two epilogues).
+Launches (N <= 8,192, Triton): forward 3 kernels (prologue, LSE pass, merge of the partials + loss)
+plus the fill of a float tau; backward 7 (row scaling x2, gradient strip, two GEMMs, two epilogues).
 
-Layers (flash-attention style): backend host functions (triton_loss / torch_loss) -> raw ops
+Layers (flash-attention style): backend host functions (triton_loss / torch_loss, both
+`backend.LossBackend`, statistics passed as one `backend.PairStats`) -> raw ops
 `torch.ops.convirt_fast.loss_fwd/loss_bwd` (custom_op + fake, so torch.compile treats them as
 opaque) -> `ConVIRTLossFunction` -> `convirt_loss`, the public function.
 """
 
 from __future__ import annotations
 
+import functools
+import logging
 import math
 
 import torch
 from torch import Tensor
 
 from . import torch_loss
+from .backend import LossBackend, PairStats
+
+log = logging.getLogger(__name__)
 
 BACKENDS = ("auto", "triton", "torch")
 
 
-def backend_module(name: str):
+def backend_module(name: str) -> LossBackend:
     if name == "torch":
         return torch_loss
     if name == "triton":
@@ -72,23 +80,32 @@ def h_scale_for(n_total: int) -> float:
     return float(2 ** min(14, int(math.log2(max(n_total, 1)))))
 
 
-_OUT_DTYPE_MM = [True]  # torch.mm/addmm(..., out_dtype=) exist for CUDA in recent torch only
+@functools.lru_cache(maxsize=None)
+def out_dtype_mm_supported(device: torch.device) -> bool:
+    """Whether torch.mm/addmm(..., out_dtype=torch.float32) multiply bf16 with an fp32 result on
+    this device (recent torch, CUDA). Probed once per device on a 16 x 16 product and logged once:
+    only that probe's failure switches the fp32-output path off, never a failure of a real call."""
+    a = torch.zeros((16, 16), device=device, dtype=torch.bfloat16)
+    try:
+        torch.mm(a, a, out_dtype=torch.float32)
+        torch.addmm(torch.zeros((16, 16), device=device), a, a, out_dtype=torch.float32)
+    except (TypeError, NotImplementedError, RuntimeError) as e:  # no such argument / no kernel here
+        log.info("torch.mm(out_dtype=float32) unavailable on %s (%s: %s): 16-bit backward GEMMs "
+                 "round their product to bf16 (fp16: multiply in fp32)", device, type(e).__name__, e)
+        return False
+    log.info("torch.mm(out_dtype=float32) available on %s: 16-bit backward GEMMs accumulate into fp32", device)
+    return True
 
 
 def _mm_f32(a: Tensor, b: Tensor, out: Tensor | None = None, accumulate: bool = False) -> Tensor:
     """a @ b with an fp32 result (into `out`, += when accumulate): 16-bit operands multiply in
     their dtype with fp32 output on a GPU (cuBLAS), in fp32 on a CPU."""
     if a.dtype != torch.float32 and a.is_cuda:
-        if _OUT_DTYPE_MM[0]:
-            try:
-                if accumulate:
-                    return torch.addmm(out, a, b, out_dtype=torch.float32, out=out)
-                return torch.mm(a, b, out_dtype=torch.float32, out=out) if out is not None else \
-                    torch.mm(a, b, out_dtype=torch.float32)
-            except torch.OutOfMemoryError:
-                raise
-            except (TypeError, NotImplementedError, RuntimeError):  # missing or unsupported here
-                _OUT_DTYPE_MM[0] = False
+        if out_dtype_mm_supported(a.device):
+            if accumulate:
+                return torch.addmm(out, a, b, out_dtype=torch.float32, out=out)
+            return torch.mm(a, b, out_dtype=torch.float32, out=out) if out is not None else \
+                torch.mm(a, b, out_dtype=torch.float32)
         # older torch: a bf16 product, then upcast; fp16 products could overflow (a row of Q may
         # sum to N), so those multiply in fp32
         prod = (a @ b).float() if a.dtype == torch.bfloat16 else a.float() @ b.float()
@@ -99,32 +116,39 @@ def _mm_f32(a: Tensor, b: Tensor, out: Tensor | None = None, accumulate: bool = 
     return torch.mm(a, b, out=out) if out is not None else a @ b
 
 
-def rows_backward(be, X, Y, a, b, tau, lr, lc, d_row, d_col, lam, offset, n_total, normalize, col_sink):
+def rows_backward(be: LossBackend, X: Tensor, Y: Tensor, tau: Tensor, stats: PairStats, lam: float,
+                  n_total: int, normalize: bool, col_sink) -> tuple[Tensor, Tensor]:
     """(W', hs): W' = N h W (M x D, fp32) and hs, partial sums (1-D fp32) of N sum_ij G_ij S_ij
     over these rows; col_sink(c0, c1, V') gets V' = N h V[c0:c1] strip by strip."""
     M, D = X.shape
     N = Y.shape[0]
     h_scale = h_scale_for(n_total)
-    xn = be.scale_rows(X, a) if normalize else X
+    xn = be.scale_rows(X, stats.a) if normalize else X
     W = torch.empty((M, D), device=X.device, dtype=torch.float32)
     hs = []
-    width = be.strip_width(M, N, X.dtype, X.device)
+    width = be.strip_width(M, N, D, X.dtype, X.device)
     for c0 in range(0, N, width):
         c1 = min(N, c0 + width)
-        H, strip_hs = be.grad_strip(X, Y, a, b, tau, lr, lc, d_row, d_col, lam, offset, c0, c1, h_scale)
+        H, strip_hs = be.grad_strip(X, Y, tau, stats, lam, c0, c1, h_scale)
         hs.append(strip_hs)
-        yc = be.scale_rows(Y[c0:c1], b[c0:c1]) if normalize else Y[c0:c1]
+        yc = be.scale_rows(Y[c0:c1], stats.b[c0:c1]) if normalize else Y[c0:c1]
         _mm_f32(H, yc.to(H.dtype), out=W, accumulate=c0 > 0)
         col_sink(c0, c1, _mm_f32(H.t(), xn.to(H.dtype)))
     return W, (hs[0] if len(hs) == 1 else torch.cat(hs))
 
 
+def _direct(backend: str, n: int) -> bool:
+    return backend == "torch" and torch_loss.use_direct(n, n)
+
+
 def forward_impl(img: Tensor, txt: Tensor, tau: Tensor, lam: float, normalize: bool, backend: str
                  ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
     """(loss, a, b, lr, lc, diag): the loss and the O(N) statistics the backward needs."""
+    if _direct(backend, img.shape[0]):
+        return torch_loss.direct_forward(img, txt, tau, lam, normalize)
     be = backend_module(backend)
     a, b, diag = be.prologue(img, txt, tau, normalize)
-    lr, lc, loss = be.lse(img, txt, a, b, tau, diag, diag, 0, lam=lam)
+    lr, lc, loss = be.lse(img, txt, tau, PairStats(a, b, diag, diag), lam=lam)
     return loss, a, b, lr, lc, diag
 
 
@@ -142,15 +166,18 @@ def backward_impl(grad: Tensor, img: Tensor, txt: Tensor, tau: Tensor, a: Tensor
                   lr: Tensor, lc: Tensor, diag: Tensor, lam: float, normalize: bool, backend: str
                   ) -> tuple[Tensor, Tensor, Tensor]:
     """(d img, d txt, d tau) for upstream gradient `grad` (0-d)."""
-    be = backend_module(backend)
     n = img.shape[0]
+    if _direct(backend, n):
+        return torch_loss.direct_backward(grad, img, txt, tau, lr, lc, lam, normalize)
+    be = backend_module(backend)
+    stats = PairStats(a, b, diag, diag, lr=lr, lc=lc)
     coef = 1.0 / (n * h_scale_for(n))  # grad * dL/dx = grad * coef / tau * W'  (W' = N h W)
     d_txt = torch.empty_like(txt, memory_format=torch.contiguous_format)
 
     def col_sink(c0, c1, v):
         be.input_grad(v, txt[c0:c1], b[c0:c1], grad, tau, coef, normalize, d_txt[c0:c1])
 
-    W, hs = rows_backward(be, img, txt, a, b, tau, lr, lc, diag, diag, lam, 0, n, normalize, col_sink)
+    W, hs = rows_backward(be, img, txt, tau, stats, lam, n, normalize, col_sink)
     d_img = torch.empty_like(img, memory_format=torch.contiguous_format)
     d_tau = torch.empty((), device=img.device, dtype=torch.float32)
     # dL/dtau = -(1/tau) sum_ij G_ij S_ij = -(1/(N tau)) sum(hs)
@@ -192,6 +219,10 @@ class ConVIRTLossFunction(torch.autograd.Function):
 
 
 def resolve_backend(backend: str, device: torch.device) -> str:
+    """"auto": Triton on CUDA at every N, torch elsewhere. At small N on a GPU the cost is launches,
+    and the fused path launches fewer (4 forward, 12 forward + backward) than any torch
+    computation of the loss (the reference: 17 and 58 at N = 32), so there is no size below which
+    torch would be faster (docs/loss.md, "Backends and tiles")."""
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
     if backend == "auto":
@@ -232,9 +263,12 @@ def convirt_loss(img: Tensor, txt: Tensor, tau: float | Tensor = 0.1, lam: float
     lam: weight of the image->text direction l(v->u); 1 - lam weighs text->image.
     normalize: L2-normalise the rows first (cosine similarities); False uses raw dot products.
     backend: "auto" (Triton on CUDA tensors, torch otherwise), "triton" (on a CPU it needs
-        TRITON_INTERPRET=1), "torch" (chunked plain torch, memory O(N * chunk) in both passes).
+        TRITON_INTERPRET=1), "torch" (plain torch: direct below N x N = torch_loss.DIRECT_ELEMS,
+        chunked above, memory O(N * chunk) in both passes).
     Returns a 0-d fp32 tensor. No N x N matrix is ever stored (module docstring: FLOPs, memory).
     """
     check_inputs(img, txt, lam)
     backend = resolve_backend(backend, img.device)
+    if _direct(backend, img.shape[0]) and not torch.compiler.is_compiling():
+        return torch_loss.direct_loss(img, txt, tau_tensor(tau, img.device), float(lam), normalize)
     return ConVIRTLossFunction.apply(img, txt, tau_tensor(tau, img.device), float(lam), normalize, backend)

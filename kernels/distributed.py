@@ -33,6 +33,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
+from .backend import PairStats
 from .convirt_loss import (backend_module, check_inputs, convirt_loss, h_scale_for, resolve_backend,
                            rows_backward, tau_tensor)
 
@@ -92,7 +93,7 @@ class GatheredConVIRTLossFunction(torch.autograd.Function):
         txt_all = _all_gather_rows(txt, sizes, group)
         b_all = _all_gather_rows(b_local, sizes, group)
         diag_all = _all_gather_rows(diag, sizes, group)  # S_jj of every column: its shift
-        lr, lc_local = be.lse(img, txt_all, a, b_all, tau, diag, diag_all, offset)
+        lr, lc_local, _ = be.lse(img, txt_all, tau, PairStats(a, b_all, diag, diag_all, offset))
         lc = _lse_all_reduce(lc_local, group)
         total = lam * lr.sum() + (1.0 - lam) * lc[offset: offset + m].sum()
         dist.all_reduce(total, group=group)
@@ -110,8 +111,8 @@ class GatheredConVIRTLossFunction(torch.autograd.Function):
         def col_sink(c0, c1, v):
             v_all[c0:c1] = v
 
-        W, hs = rows_backward(be, img, txt_all, a, b_all, tau, lr, lc, diag, diag_all, lam, offset, n,
-                              normalize, col_sink)
+        stats = PairStats(a, b_all, diag, diag_all, offset, lr=lr, lc=lc)
+        W, hs = rows_backward(be, img, txt_all, tau, stats, lam, n, normalize, col_sink)
         v = _reduce_scatter_rows(v_all, sizes, rank, group)
         d_img = torch.empty_like(img, memory_format=torch.contiguous_format)
         d_tau = torch.empty((), device=img.device, dtype=torch.float32)  # this rank's rows' share, x R

@@ -16,12 +16,25 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from convirt_fast import ConVIRTLoss
 from convirt_fast.kernels import convirt_loss
 from convirt_fast.kernels import torch_loss
-from convirt_fast.kernels.reference import convirt_loss_reference
+from convirt_fast.kernels.reference import convirt_loss_reference, open_clip_style
 
 INTERPRET = os.environ.get("TRITON_INTERPRET") == "1" and importlib.util.find_spec("triton") is not None
 needs_interpreter = pytest.mark.skipif(
     not INTERPRET, reason="Triton on CPU tensors needs Triton and TRITON_INTERPRET=1 (conftest.py sets it without CUDA)")
-CPU_BACKENDS = [pytest.param("triton", marks=needs_interpreter), "torch"]
+# "torch" takes its direct path at these sizes (N x N <= torch_loss.DIRECT_ELEMS); "torch_chunked"
+# is the same backend with that threshold at 0, i.e. the chunked path large N takes
+CPU_BACKENDS = [pytest.param("triton", marks=needs_interpreter), "torch", "torch_chunked"]
+
+
+@pytest.fixture
+def use_backend(monkeypatch):
+    """backend name -> the convirt_loss backend argument, forcing the chunked torch path if asked."""
+    def resolve(backend):
+        if backend == "torch_chunked":
+            monkeypatch.setattr(torch_loss, "DIRECT_ELEMS", 0)
+            return "torch"
+        return backend
+    return resolve
 
 # Max error relative to the largest reference value, against an fp64 reference on the same
 # (already rounded) inputs: (loss relative to max(1, loss), gradients). Measured errors are
@@ -80,10 +93,10 @@ def run(fn, img, txt, tau, lam, grad_out, **kw):
 
 @pytest.mark.parametrize("backend", CPU_BACKENDS)
 @pytest.mark.parametrize("n,d,dtype,tau,lam", CASES)
-def test_matches_reference(backend, n, d, dtype, tau, lam):
+def test_matches_reference(use_backend, backend, n, d, dtype, tau, lam):
     img, txt = make_pair(n, d, dtype, seed=n * 1000 + d)
     grad_out = 1.7  # != 1: the backward must scale by it
-    got = run(convirt_loss, img, txt, tau, lam, grad_out, backend=backend)
+    got = run(convirt_loss, img, txt, tau, lam, grad_out, backend=use_backend(backend))
     ref = run(convirt_loss_reference, img.double(), txt.double(), tau, lam, grad_out)
     loss_tol, grad_tol = TOL[dtype]
     assert got[0].dtype == torch.float32 and got[0].dim() == 0
@@ -106,7 +119,7 @@ def test_matches_reference(backend, n, d, dtype, tau, lam):
 
 
 @pytest.mark.parametrize("backend", CPU_BACKENDS)
-def test_tiny_tau_no_underflow(backend):
+def test_tiny_tau_no_underflow(use_backend, backend):
     """tau = 0.01 with every cosine at -0.1: all logits are -10, so a fixed shift by 1/tau = 100
     computes exp(-110) = 0 in fp32 and a log of 0; an online log-sum-exp gets log(N) exactly."""
     n, d = 50, 128
@@ -117,7 +130,7 @@ def test_tiny_tau_no_underflow(backend):
     logits = (img @ txt.t()) / 0.01
     naive = 1 / 0.01 + torch.log(torch.exp(logits - 1 / 0.01).sum(1))  # the fixed-shift trap
     assert not torch.isfinite(naive).any(), "the data must hit the underflow of a fixed shift"
-    got = run(convirt_loss, img, txt, 0.01, 0.75, 1.0, backend=backend)
+    got = run(convirt_loss, img, txt, 0.01, 0.75, 1.0, backend=use_backend(backend))
     ref = run(convirt_loss_reference, img.double(), txt.double(), 0.01, 0.75, 1.0)
     assert abs(ref[0].item() - math.log(n)) < 1e-6  # all logits equal (up to fp32 rounding of q)
     assert abs(got[0].item() - ref[0].item()) < 1e-5
@@ -127,13 +140,13 @@ def test_tiny_tau_no_underflow(backend):
 
 
 @pytest.mark.parametrize("backend", CPU_BACKENDS)
-def test_non_contiguous_and_float_tau(backend):
+def test_non_contiguous_and_float_tau(use_backend, backend):
     base_img, base_txt = make_pair(70, 2 * 45, torch.float32, seed=3)
     img = base_img[:, ::2]  # strided columns
     txt = base_txt.t().contiguous().t()[:, 1::2]  # column-major, then strided
     assert not img.is_contiguous() and not txt.is_contiguous()
     img_g, txt_g = img.clone().requires_grad_(), txt.clone().requires_grad_()
-    loss = convirt_loss(img_g, txt_g, 0.05, 0.3, backend=backend)  # tau as a float
+    loss = convirt_loss(img_g, txt_g, 0.05, 0.3, backend=use_backend(backend))  # tau as a float
     loss.backward()
     ref = run(convirt_loss_reference, img.double(), txt.double(), 0.05, 0.3, 1.0)
     assert abs(loss.item() - ref[0].item()) < 1e-5
@@ -141,10 +154,10 @@ def test_non_contiguous_and_float_tau(backend):
 
 
 @pytest.mark.parametrize("backend", CPU_BACKENDS)
-def test_without_normalize(backend):
+def test_without_normalize(use_backend, backend):
     img, txt = make_pair(33, 20, torch.float32, seed=5)
     img, txt = img * 0.1, txt * 0.1  # raw dot products of moderate size
-    got = run(convirt_loss, img, txt, 0.5, 0.75, 1.0, normalize=False, backend=backend)
+    got = run(convirt_loss, img, txt, 0.5, 0.75, 1.0, normalize=False, backend=use_backend(backend))
     ref = run(convirt_loss_reference, img.double(), txt.double(), 0.5, 0.75, 1.0, normalize=False)
     assert abs(got[0].item() - ref[0].item()) < 1e-5 * max(1, abs(ref[0].item()))
     for g, r in zip(got[1:], ref[1:]):
@@ -154,15 +167,16 @@ def test_without_normalize(backend):
 @needs_interpreter
 def test_triton_multi_program_rows_and_strips(monkeypatch):
     """Small budgets force the paths big N takes on a GPU: programs owning several row blocks
-    (column partials merged in scratch), a loss summed from several blocks' partials and a
-    backward of many column strips."""
+    (column partials merged in scratch), columns split between programs (row partials merged),
+    a loss summed from several blocks' partials and a backward of many column strips."""
     from convirt_fast.kernels import triton_loss
 
     n, d = 150, 40
     monkeypatch.setattr(triton_loss, "COL_SCRATCH_BYTES", 8 * n * 2)  # 2 programs for 3 row blocks
-    monkeypatch.setattr(triton_loss, "STRIP_BYTES", 64 * n * 4)
+    monkeypatch.setattr(triton_loss, "FWD_WAVES", 6)  # and 3 column splits (1 "SM" on a CPU)
     monkeypatch.setattr(triton_loss, "STRIP_COLS_MAX", 64)  # 3 strips, the last one partial
-    monkeypatch.setattr(triton_loss, "COL_BLOCK", 64)  # 3 partial sums of the loss
+    monkeypatch.setattr(triton_loss, "MERGE_BLOCK", 64)  # 3 partial sums of the loss
+    assert triton_loss._fwd_layout(n, n, 64, 64, 1) == (2, 3)
     img, txt = make_pair(n, d, torch.float32, seed=11)
     got = run(convirt_loss, img, txt, 0.02, 0.6, 0.5, backend="triton")
     ref = run(convirt_loss_reference, img.double(), txt.double(), 0.02, 0.6, 0.5)
@@ -171,8 +185,29 @@ def test_triton_multi_program_rows_and_strips(monkeypatch):
         assert rel_err(g, r) < 2e-5
 
 
+@needs_interpreter
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_triton_full_tiles(monkeypatch, dtype):
+    """Sizes that are multiples of the tile take the unmasked loads and stores (EVEN_M/N/K), here
+    with several row blocks per program, columns split, and tiles with and without positives."""
+    from convirt_fast.kernels import triton_loss
+
+    n, d = 192, 128  # 3 x 3 tiles of 64, 2 k steps
+    monkeypatch.setattr(triton_loss, "COL_SCRATCH_BYTES", 8 * n * 2)
+    monkeypatch.setattr(triton_loss, "FWD_WAVES", 4)
+    monkeypatch.setattr(triton_loss, "STRIP_COLS_MAX", 128)  # a full strip, then a 64-column one
+    img, txt = make_pair(n, d, dtype, seed=12)
+    got = run(convirt_loss, img, txt, 0.01, 0.75, 1.3, backend="triton")
+    ref = run(convirt_loss_reference, img.double(), txt.double(), 0.01, 0.75, 1.3)
+    loss_tol, grad_tol = TOL[dtype]
+    assert abs(got[0].item() - ref[0].item()) <= loss_tol * max(1.0, ref[0].abs().item())
+    assert rel_err(got[3], ref[3], floor=1 / 0.01**2) <= TAU_TOL
+    for g, r in zip(got[1:3], ref[1:3]):
+        assert rel_err(g, r) <= grad_tol
+
+
 @pytest.mark.parametrize("backend", CPU_BACKENDS)
-def test_replaces_open_clip_cliploss(backend):
+def test_replaces_open_clip_cliploss(use_backend, backend):
     """docs/loss.md's recipe: open_clip's ClipLoss (normalised features, logit_scale = 1/tau,
     mean of both directions) equals convirt_loss(tau=1/logit_scale, lam=0.5, normalize=False),
     value and gradients, the learnable logit_scale's included."""
@@ -181,19 +216,28 @@ def test_replaces_open_clip_cliploss(backend):
     txt = torch.nn.functional.normalize(txt, dim=1).requires_grad_()
     logit_scale = torch.tensor(1 / 0.07, requires_grad=True)
 
-    def clip_loss(i, t, scale):  # open_clip.loss.ClipLoss.forward, world_size = 1
-        labels = torch.arange(i.shape[0])
+    def clip_loss(i, t, scale):  # open_clip.loss.ClipLoss.forward, world_size = 1 (no normalisation:
+        labels = torch.arange(i.shape[0])  # reference.open_clip_style adds the model's F.normalize)
         return (torch.nn.functional.cross_entropy(scale * i @ t.t(), labels)
                 + torch.nn.functional.cross_entropy(scale * t @ i.t(), labels)) / 2
 
     ref_args = [x.detach().double().requires_grad_() for x in (img, txt, logit_scale)]
     ref = clip_loss(*ref_args)
     ref.backward()
-    loss = convirt_loss(img, txt, tau=1.0 / logit_scale, lam=0.5, normalize=False, backend=backend)
+    loss = convirt_loss(img, txt, tau=1.0 / logit_scale, lam=0.5, normalize=False, backend=use_backend(backend))
     loss.backward()
     assert abs(loss.item() - ref.item()) < 1e-5
     for g, r in zip((img.grad, txt.grad, logit_scale.grad), (a.grad for a in ref_args)):
         assert rel_err(g, r) < 2e-5
+
+
+def test_open_clip_style_baseline_is_the_convirt_loss():
+    """The benchmarks' open_clip baseline (normalised features, logit_scale = 1/tau, directions
+    weighted by lam) computes the same loss as the reference, two logits matrices instead of one."""
+    img, txt = make_pair(17, 24, torch.float64, seed=10)
+    for tau, lam in ((0.1, 0.75), (0.05, 0.5)):
+        baseline, ref = open_clip_style(img, txt, tau, lam), convirt_loss_reference(img, txt, tau, lam)
+        assert abs(baseline.item() - ref.item()) < 1e-12
 
 
 def test_reference_gradcheck_float64():
@@ -298,6 +342,75 @@ def test_torch_path_memory_is_bounded(monkeypatch):
     assert probe.largest >= n * n
 
 
+class OpCount(TorchDispatchMode):
+    """Counts the aten ops run (forward and backward)."""
+
+    def __init__(self):
+        super().__init__()
+        self.ops = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.ops += 1
+        return func(*args, **(kwargs or {}))
+
+
+def test_torch_small_n_direct_path_fewer_ops_than_reference():
+    """At the paper's N = 32 the torch backend computes the N x N logits directly: forward +
+    backward in fewer torch ops than the plain reference (on a CPU each op's overhead is most of
+    the time at this size), with the chunked path kept above torch_loss.DIRECT_ELEMS."""
+    img, txt = make_pair(32, 512, torch.float32, seed=9)
+    counts = {}
+    for name, fn in (("ours", lambda x, y: convirt_loss(x, y, 0.1, 0.75, backend="torch")),
+                     ("reference", lambda x, y: convirt_loss_reference(x, y, 0.1, 0.75))):
+        x, y = img.clone().requires_grad_(), txt.clone().requires_grad_()
+        with OpCount() as c:
+            fn(x, y).backward()
+        counts[name] = c.ops
+    assert counts["ours"] < counts["reference"], counts
+    assert torch_loss.use_direct(1024, 1024) and not torch_loss.use_direct(1025, 1025)
+
+
+def test_out_dtype_mm_probe_runs_once_and_logs_once(caplog):
+    """Whether torch.mm(..., out_dtype=float32) works is probed once per device and logged once;
+    a failure of a real product later cannot switch it off (no try/except around those)."""
+    module = importlib.import_module("convirt_fast.kernels.convirt_loss")  # the module, not the function
+    module.out_dtype_mm_supported.cache_clear()
+    with caplog.at_level("INFO", logger=module.__name__):
+        first = module.out_dtype_mm_supported(torch.device("cpu"))
+        second = module.out_dtype_mm_supported(torch.device("cpu"))
+    assert isinstance(first, bool) and first == second
+    assert len([r for r in caplog.records if "out_dtype" in r.getMessage()]) == 1
+
+
+@pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="needs Triton")
+def test_backends_implement_the_protocol():
+    """triton_loss and torch_loss define every LossBackend function with the protocol's parameter
+    names, in its order (keyword-only where it has them): what a type checker would check."""
+    import inspect
+
+    from convirt_fast.kernels import triton_loss
+    from convirt_fast.kernels.backend import LossBackend
+
+    names = [n for n, f in vars(LossBackend).items() if inspect.isfunction(f) and not n.startswith("_")]
+    assert len(names) == 6
+    for module in (triton_loss, torch_loss):
+        for name in names:
+            want = [(p.name, p.kind) for p in inspect.signature(getattr(LossBackend, name)).parameters.values()][1:]
+            got = [(p.name, p.kind) for p in inspect.signature(getattr(module, name)).parameters.values()]
+            assert got == want, (module.__name__, name)
+
+
+def test_pair_stats_checks_shapes_and_offset():
+    from convirt_fast.kernels.backend import PairStats
+
+    m, n = torch.ones(3), torch.ones(8)
+    assert PairStats(m, n, m, n, offset=5).offset == 5
+    with pytest.raises(ValueError):
+        PairStats(m, n, n, m)  # d_row and d_col swapped
+    with pytest.raises(ValueError):
+        PairStats(m, n, m, n, offset=6)  # rows 6..8 past the 8 columns
+
+
 def test_auto_backend_on_cpu_is_torch():
     from convirt_fast.kernels.convirt_loss import resolve_backend
 
@@ -333,7 +446,7 @@ def test_gpu_accuracy_rule(n, d, dtype, tau):
 @pytest.mark.gpu
 def test_gpu_tiny_tau_no_underflow():
     """As test_tiny_tau_no_underflow at N = 4096: cosines about -0.1 +- 0.04 (a shared direction
-    e pushes every pair apart), logits about -10, and exp(logit - 1/tau) = 0 in fp32."""
+    e pushes every pair apart), logits about -10, and exp(logit - 1/tau) underflows in fp32."""
     n, d = 4096, 512
     g = torch.Generator(device="cuda").manual_seed(0)
     e = torch.nn.functional.normalize(torch.randn(d, device="cuda", generator=g), dim=0)
@@ -341,7 +454,10 @@ def test_gpu_tiny_tau_no_underflow():
     img = (math.sqrt(0.9) * noise() + math.sqrt(0.1) * e).to(torch.bfloat16)
     txt = (math.sqrt(0.9) * noise() - math.sqrt(0.1) * e).to(torch.bfloat16)
     logits = torch.nn.functional.normalize(img.float(), dim=1) @ torch.nn.functional.normalize(txt.float(), dim=1).t() / 0.01
-    assert (torch.exp(logits - 100).sum(1) == 0).float().mean() > 0.5  # the trap is hit
+    # the trap is hit: a fixed shift by 1/tau leaves most rows' sums below fp32's smallest normal
+    # number, where precision is lost (CUDA keeps denormals, ~1e-41 here, instead of flushing to 0)
+    fixed_shift_sums = torch.exp(logits - 100).sum(1)
+    assert (fixed_shift_sums < torch.finfo(torch.float32).tiny).float().mean() > 0.5
     got = run(convirt_loss, img, txt, 0.01, 0.75, 1.0, backend="triton")
     exact = run(convirt_loss_reference, img.double(), txt.double(), 0.01, 0.75, 1.0)
     assert torch.isfinite(got[0]) and abs(got[0].item() - exact[0].item()) < 1e-4 * exact[0].abs().item()

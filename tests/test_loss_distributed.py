@@ -54,6 +54,15 @@ def check_functional(rank, sizes, backend, lam=0.75, d=24):
     assert abs(tau_grad.item() / WORLD - ref_tau.grad.item()) < 1e-5 * abs(ref_tau.grad.item())
 
 
+def check_functional_triton_tiles(rank):
+    """Triton on ranks whose rows start mid-tile (offset 70: positives cross tile boundaries),
+    with the forward's columns split between programs and a backward of two strips."""
+    from convirt_fast.kernels import triton_loss
+
+    triton_loss.FWD_WAVES, triton_loss.STRIP_COLS_MAX = 4, 128  # this worker process only
+    check_functional(rank, [70, 130], "triton", 0.75, 64)
+
+
 class PairModel(nn.Module):
     """Two linear "encoders" and the loss with a learnable temperature, as a trainer wires them."""
 
@@ -117,6 +126,7 @@ def test_gathered_loss_matches_single_process():
     ]
     if INTERPRET:
         checks.append(("check_functional", ([3, 6], "triton", 0.75, 70)))
+        checks.append(("check_functional_triton_tiles", ()))
     spawn(checks)
 
 
