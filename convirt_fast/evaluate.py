@@ -4,6 +4,8 @@
     python -m convirt_fast.evaluate --checkpoint runs/RUN/checkpoints/best.pt --data prepared/mine --task linear
     python -m convirt_fast.evaluate --checkpoint runs/RUN/export/image_encoder.safetensors --task retrieval \\
         --retrieval-csv ../shared/data/covid-cxr/pairs.csv --category-col finding
+    python -m convirt_fast.evaluate --checkpoint runs/RUN --init random --benchmark paper \\
+        --data rsna=prepared/rsna,chexpert=prepared/chexpert,covidx=prepared/covidx,mura=prepared/mura,chexpert-8x200=prepared/chexpert-8x200
 """
 
 from __future__ import annotations
@@ -26,7 +28,11 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--init", action="append", default=[], metavar="random|PATH",
                    help="a baseline row from the same code: random init, or a torchvision state dict / safetensors; repeatable")
     p.add_argument("--arch", default=None, help="architecture for --init (default: the checkpoint's, else resnet18)")
-    p.add_argument("--data", default=None, help="prepared folder, its manifest.csv, or synthcxr (default: the run's)")
+    p.add_argument("--data", default=None, help="prepared folder, its manifest.csv, or synthcxr (default: the run's); "
+                   "with --benchmark paper: KEY=DIR,... for rsna, chexpert, covidx, mura, chexpert-8x200")
+    p.add_argument("--benchmark", choices=("paper",), default=None,
+                   help="paper: the paper's Tables 1-2 over the --data folders (its fractions, seeds, lr; "
+                        "--task and --fractions do not apply)")
     p.add_argument("--task", action="append", choices=(*TASKS, "all"), default=None,
                    help="retrieval | linear | finetune | zeroshot | all (default all); repeatable")
     p.add_argument("--out", default=None, help="report folder (default: <run>/eval-<time>, else ./eval-<time>)")

@@ -1,6 +1,7 @@
 """Decoding images to one grayscale channel, keeping 16-bit precision, for the torch backend.
 
-Two places decode: DataLoader workers (`read_image`: PIL, any format, 8 or 16 bits), or, with
+Two places decode: DataLoader workers (`read_image`: PIL, any format, 8 or 16 bits, and DICOM
+through pydicom in `dicom.py`), or, with
 `data.decode=gpu`, the main process on the GPU (`decode_jpegs_on_device`: torchvision's batched
 nvJPEG) for the JPEGs whose bytes the workers read (`read_encoded`); `pad_batch` and
 `pad_batch_on_device` put either result on one zero canvas.
@@ -32,8 +33,13 @@ class ImageError(ValueError):
 
 
 def read_image(path: str | Path) -> np.ndarray:
-    """(H, W) uint8, or uint16 for 16-bit images. Colour images are converted to luminance."""
+    """(H, W) uint8, or uint16 for 16-bit images. Colour images are converted to luminance.
+    DICOM files (by suffix or by their "DICM" magic) go through `convirt_fast.data.dicom`."""
     path = Path(path)
+    from convirt_fast.data.dicom import is_dicom, read_dicom  # imports this module: here, not at the top
+
+    if is_dicom(path):
+        return read_dicom(path)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)

@@ -31,6 +31,13 @@ BAD_VALUE = "bad_value"
 VIEW_FILTERED = "view_filtered"
 NO_IMAGE_LEFT = "no_image_left"
 NO_SPLIT = "no_split"
+# DICOM (convirt_fast/data/dicom.py): no pixel data (a report, a presentation state), several
+# frames, or what cannot be decoded here (colour, a transfer syntax without its decoder).
+NOT_AN_IMAGE = "not_an_image"
+MULTI_FRAME = "multi_frame"
+UNSUPPORTED_DICOM = "unsupported_dicom"
+# An official release listing one patient in two of its splits: the patient's training rows go.
+PATIENT_IN_TWO_SPLITS = "patient_in_two_splits"
 
 
 @dataclass(frozen=True)

@@ -3,8 +3,10 @@
 Large JPEGs are downscaled while decoding (libjpeg's DCT scaling, through PIL's `Image.draft`):
 a 2500 x 3000 radiograph is decoded at 1/8 scale, never in full, then resampled to the target
 with a Lanczos filter. Grayscale is kept one channel ('L'); colour inputs are converted to 'L';
-16-bit PNGs stay 16-bit. Outputs are written atomically, so a file present after an interrupted
-run is complete, and a rerun skips outputs that are present and decode.
+16-bit PNGs stay 16-bit. DICOM files (`dicom.py`: LUTs applied, MONOCHROME1 inverted) are
+resized from their full-depth array by the same code as a PNG of that array, and written as PNG
+(16-bit for more than 8 stored bits). Outputs are written atomically, so a file present after an
+interrupted run is complete, and a rerun skips outputs that are present and decode.
 
 Pillow releases the GIL while decoding, resampling and encoding, so a thread pool scales over
 cores without pickling images between processes.
@@ -23,6 +25,7 @@ from PIL import Image, UnidentifiedImageError
 
 from convirt_fast.data import rejects as R
 from convirt_fast.data.atomic import atomic_write
+from convirt_fast.data.image_decode import ImageError
 
 LONG_SIDE = 256
 JPEG_QUALITY = 95  # high enough that re-encoding adds no visible artefact at 256 px
@@ -64,6 +67,10 @@ def decode_resized(src: Path, long_side: int = LONG_SIDE, *, dct_scaling: bool =
 
     Raises OSError / UnidentifiedImageError / ValueError on a corrupt or truncated file.
     """
+    from convirt_fast.data.dicom import is_dicom, read_dicom
+
+    if is_dicom(src):
+        return _resize_array(read_dicom(src), long_side)
     with Image.open(src) as img:
         size = target_size(*img.size, long_side)
         if dct_scaling and img.format == "JPEG":
@@ -78,6 +85,15 @@ def decode_resized(src: Path, long_side: int = LONG_SIDE, *, dct_scaling: bool =
         if img.size != size:
             img = img.resize(size, Image.Resampling.LANCZOS, reducing_gap=None)
         return img
+
+
+def _resize_array(pixels: np.ndarray, long_side: int) -> Image.Image:
+    """A decoded (H, W) uint8 / uint16 array, resized exactly as a PNG holding it would be."""
+    img = Image.fromarray(pixels)  # uint8 -> 'L', uint16 -> 'I;16'
+    size = target_size(*img.size, long_side)
+    if pixels.dtype == np.uint16:
+        return _resize_16bit(img, size)
+    return img.resize(size, Image.Resampling.LANCZOS, reducing_gap=None) if img.size != size else img
 
 
 def _resize_16bit(img: Image.Image, size: tuple[int, int]) -> Image.Image:
@@ -101,6 +117,10 @@ def _usable_as_is(src: Path, fmt: str, long_side: int) -> bool:
     """Whether `src` can be copied as it is. Reads the header; only a copy candidate (small
     already) is decoded in full, so that a truncated file is caught: large files go through
     the DCT-scaled decode instead, never a full one."""
+    from convirt_fast.data.dicom import is_dicom
+
+    if is_dicom(src):
+        return False
     with Image.open(src) as img:
         if img.format != fmt or max(img.size) > long_side or img.mode not in ("L", *SIXTEEN_BIT_MODES):
             return False
@@ -127,6 +147,8 @@ def resize_one(task: ResizeTask, long_side: int = LONG_SIDE) -> ResizeResult:
         with atomic_write(task.dst, "wb", fsync=False) as f:
             img.save(f, format=fmt, **({"quality": JPEG_QUALITY} if fmt == "JPEG" else {}))
         return ResizeResult(task, ok=True)
+    except ImageError as e:  # DICOM: its own reason codes (no pixel data, multi-frame, no decoder, ...)
+        return ResizeResult(task, ok=False, reason=getattr(e, "reason", R.CORRUPT_IMAGE), detail=str(e))
     except Exception as e:  # noqa: BLE001 - decoders raise many types on bad bytes; none may stop a prepare
         return ResizeResult(task, ok=False, reason=R.CORRUPT_IMAGE, detail=f"{type(e).__name__}: {e}")
 

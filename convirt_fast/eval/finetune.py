@@ -59,8 +59,12 @@ class Classifier(nn.Module):
 
 
 def finetune_once(encoder, manifest, task: ClassificationTask, train_rows: list[int], seed: int,
-                  settings: FinetuneSettings, *, spec, device, workers: int = 0) -> dict:
-    """One run: train on `train_rows`, select on task.val_rows, test on task.test_rows."""
+                  settings: FinetuneSettings, *, spec, device, workers: int = 0, scorer=None) -> dict:
+    """One run: train on `train_rows`, select on task.val_rows, test on task.test_rows.
+
+    scorer(rows, logits) -> metrics dict scores the model's outputs on those rows (selection and
+    test); None: classification_metrics on the rows themselves. A data set scored per study from
+    several images (MURA) passes one that aggregates the images of each study."""
     from convirt_fast.models.image_encoder import image_feature_dim  # torchvision: imported on use
 
     torch.manual_seed(seed)
@@ -74,6 +78,8 @@ def finetune_once(encoder, manifest, task: ClassificationTask, train_rows: list[
         model.eval()
         logits = embed_images(model, manifest, rows, spec=spec, device=device, batch_size=settings.batch_size,
                               workers=workers)
+        if scorer is not None:
+            return scorer(rows, logits.numpy())
         return classification_metrics(task.kind, logits.numpy(), y, task.labels)
 
     def optimizer_for(params, lr: float) -> torch.optim.Optimizer:

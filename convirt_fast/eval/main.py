@@ -48,6 +48,8 @@ def run(args) -> dict:
     spec = reference.data.augment if reference is not None else AugmentSpec()
     if args.image_size:
         spec = dataclasses.replace(spec, output_size=args.image_size)
+    if getattr(args, "benchmark", None) == "paper":
+        return run_paper_benchmark(args, loaded, spec, device)
 
     manifest = None
     needs_task = bool({"linear", "finetune", "zeroshot"} & set(tasks))
@@ -76,11 +78,7 @@ def run(args) -> dict:
             else:
                 retrieval, retrieval_source = (manifest, rs), str(manifest.root / "retrieval_images.csv")
 
-    finetune = FinetuneSettings(
-        lr=args.finetune_lr, head_lr=args.finetune_head_lr, batch_size=args.batch_size,
-        warmup_steps=_default(args.finetune_warmup_steps, CPU_FINETUNE_WARMUP, 200, device),
-        max_epochs=_default(args.finetune_epochs, CPU_FINETUNE_EPOCHS, 100, device),
-        max_steps=args.finetune_max_steps)
+    finetune = _finetune_settings(args, device)
     prompts = None
     if task is not None:
         from convirt_fast.eval.zeroshot import load_prompts
@@ -112,6 +110,42 @@ def run(args) -> dict:
     files = write_report(results, out)
     print(f"[evaluate] report: {files['markdown']}\n[evaluate] numbers: {files['json']}")
     print(_short_summary(results))
+    return results
+
+
+def _finetune_settings(args, device: torch.device) -> FinetuneSettings:
+    return FinetuneSettings(
+        lr=args.finetune_lr, head_lr=args.finetune_head_lr, batch_size=args.batch_size,
+        warmup_steps=_default(args.finetune_warmup_steps, CPU_FINETUNE_WARMUP, 200, device),
+        max_epochs=_default(args.finetune_epochs, CPU_FINETUNE_EPOCHS, 100, device),
+        max_steps=args.finetune_max_steps)
+
+
+def run_paper_benchmark(args, loaded: list[LoadedEncoder], spec, device: torch.device) -> dict:
+    """`--benchmark paper` (eval/paper_benchmark.py): every given task, one report in the layout
+    of the paper's Tables 1-2. Fractions and the fine-tune lr are the paper's per task."""
+    from convirt_fast.eval.paper_benchmark import parse_data, run_paper
+    from convirt_fast.eval.report import write_paper_report
+
+    data = parse_data(args.data)
+    finetune = _finetune_settings(args, device)
+    seeds = tuple(range(args.seeds))
+    finetune_seeds = tuple(range(args.finetune_seeds or args.seeds))
+    if device.type == "cpu":
+        print(f"[evaluate] fine-tuning on a CPU: at most {finetune.max_epochs} epochs, {finetune.warmup_steps} "
+              f"warm-up steps (paper: 100 / 200; --finetune-epochs, --finetune-warmup-steps)")
+    bench = run_paper([le.encoder for le in loaded], data, spec=spec, device=device, seeds=seeds, finetune=finetune,
+                      finetune_seeds=finetune_seeds, batch_size=args.batch_size, workers=args.workers)
+    results = {
+        "created": datetime.now().isoformat(timespec="seconds"), "device": str(device),
+        "settings": {"seeds": list(seeds), "finetune_seeds": list(finetune_seeds),
+                     "finetune": dataclasses.asdict(finetune), "image_size": spec.output_size},
+        "encoders": [{"name": le.encoder.name, "source": le.source} for le in loaded],
+        "paper": bench,
+    }
+    out = Path(args.out) if args.out else _default_out(args.checkpoint)
+    files = write_paper_report(results, out)
+    print(f"[evaluate] report: {files['markdown']}\n[evaluate] numbers: {files['json']}")
     return results
 
 

@@ -240,3 +240,75 @@ def write_report(results: dict, out_dir: Path) -> dict[str, Path]:
     (out_dir / "results.json").write_text(json.dumps(_json_safe(results), indent=2, ensure_ascii=False))
     (out_dir / "report.md").write_text(markdown(results, files), encoding="utf-8")
     return {k: out_dir / v for k, v in {**files, "markdown": "report.md"}.items()}
+
+
+def paper_markdown(results: dict) -> str:
+    """`--benchmark paper`: the layout of the paper's Tables 1 and 2, its rows beside ours."""
+    from convirt_fast.eval.paper_benchmark import CLASSIFICATION, PAPER_TABLE1, PAPER_TABLE2, RETRIEVAL
+
+    bench = results["paper"]
+    tasks = bench["tasks"]
+    lines = ["# convirt_fast: the paper's benchmark (ConVIRT, Tables 1-2)", ""]
+    for e in results["encoders"]:
+        lines.append(f"- **{e['name']}**: {e['source']}")
+    s = results["settings"]
+    lines.append(f"- seeds {s['seeds']} (fine-tuning {s['finetune_seeds']}); fine-tune: {s['finetune']} (lr per "
+                 f"task below); device {results['device']}")
+    for key, why in bench["skipped"].items():
+        lines.append(f"- {key}: skipped ({why})")
+    for key, t in tasks.items():
+        if key == RETRIEVAL:
+            lines.append(f"- {key}: `{t['data']}`, {t['candidates']} candidates, {t['queries']} image queries, "
+                         f"{t['text_queries']} text queries")
+            continue
+        size = t["task"]
+        agg = f"; aggregation {t['aggregate']}" if "aggregate" in t else ""
+        lines.append(f"- {key}: `{t['data']}`; {t['metric']}; train {size['train']}, validate {size['validate']}, "
+                     f"test {size['test']} ({size['kind']}); fine-tune lr {t['finetune_lr']:g}{agg}")
+    names = [e["name"] for e in results["encoders"]]
+    header = ["init"] + [f"{p.title} {f}" for key, p in CLASSIFICATION.items() for f in _fractions(p)]
+    for protocol, title in (("linear", "Linear probe"), ("finetune", "Fine-tuning")):
+        lines += ["", f"## Table 1, {title.lower()}: AUC x 100 (COVIDx: accuracy; MURA: study-level AUC), "
+                  "mean ± std over seeds", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+        for init, row in PAPER_TABLE1[protocol].items():
+            cells = [f"{init} (paper)"] + [f"{v:.1f}" for key in CLASSIFICATION for v in row[key]]
+            lines.append("| " + " | ".join(cells) + " |")
+        for name in names:
+            cells = [f"**{name}**"]
+            for key, p in CLASSIFICATION.items():
+                r = tasks.get(key, {}).get("encoders", {}).get(name, {}).get(protocol, {})
+                cells += [_mean_std(r.get(f)) for f in _fractions(p)]
+            lines.append("| " + " | ".join(cells) + " |")
+        if "aggregate" in tasks.get("mura", {}):
+            lines += ["", "MURA: trained on images, scored per study (the mean of a study's image "
+                      "probabilities), as the paper."]
+    lines += ["", "## Table 2, CheXpert 8x200 retrieval: Precision@5/10/50 x 100 (chance 12.5)", "",
+              "| init | image->image P@5 | P@10 | P@50 | text->image P@5 | P@10 | P@50 |", "|---|---|---|---|---|---|---|"]
+    for init, row in PAPER_TABLE2.items():
+        cells = [f"{init} (paper)"]
+        for direction in ("image_to_image", "text_to_image"):
+            cells += [f"{v:.1f}" for v in row[direction]] if row[direction] else ["-"] * 3
+        lines.append("| " + " | ".join(cells) + " |")
+    for name in names:
+        r = tasks.get(RETRIEVAL, {}).get("encoders", {}).get(name, {}).get("retrieval") or {}
+        cells = [f"**{name}**"]
+        for direction in ("image_to_image", "text_to_image"):
+            o = r.get(direction, {}).get("overall", {})
+            cells += [_pct(o.get(f"P@{k}")) for k in (5, 10, 50)]
+        lines.append("| " + " | ".join(cells) + " |")
+    lines += ["", "Paper rows: PAPER.md (ResNet-50, 224 px, MIMIC-CXR pretraining). `-`: not run (or no text "
+              "side for text->image).", "", "All numbers: `results.json`.", ""]
+    return "\n".join(lines)
+
+
+def _fractions(protocol) -> list[str]:
+    from convirt_fast.eval.probe import fraction_key
+
+    return [fraction_key(f) for f in protocol.fractions]
+
+
+def write_paper_report(results: dict, out_dir: Path) -> dict[str, Path]:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "results.json").write_text(json.dumps(_json_safe(results), indent=2, ensure_ascii=False))
+    (out_dir / "report.md").write_text(paper_markdown(results), encoding="utf-8")
+    return {"json": out_dir / "results.json", "markdown": out_dir / "report.md"}

@@ -41,8 +41,9 @@ def _log(message: str) -> None:
 
 
 def evaluate_encoder(encoder, *, manifest, task: ClassificationTask | None, retrieval: tuple | None, spec, device,
-                     settings: SuiteSettings) -> dict:
-    """retrieval: (manifest, RetrievalSet or None) to rank on, or None to skip."""
+                     settings: SuiteSettings, finetune_scorer=None) -> dict:
+    """retrieval: (manifest, RetrievalSet or None) to rank on, or None to skip. finetune_scorer:
+    see finetune.finetune_once (None: each row scored by itself)."""
     out: dict = {"has_text": encoder.has_text}
     encoder.to(device).eval()
     started = time.perf_counter()
@@ -88,7 +89,7 @@ def evaluate_encoder(encoder, *, manifest, task: ClassificationTask | None, retr
                 rows = [task.train_rows[i] for i in pick]
                 _log(f"{encoder.name}: fine-tune {fraction_key(fraction)} seed {seed} ({len(rows)} studies)")
                 result = finetune_once(encoder, manifest, task, rows, seed, settings.finetune, spec=spec,
-                                       device=device, workers=settings.workers)
+                                       device=device, workers=settings.workers, scorer=finetune_scorer)
                 runs.append({"seed": seed, "n_train": len(rows), **result})
             out["finetune"][fraction_key(fraction)] = summarize_runs(runs, task.labels)
     out["seconds"] = round(time.perf_counter() - started, 1)

@@ -12,6 +12,11 @@ Splits: train (label fractions are drawn from it), validate (early stopping, the
 regularisation), test (reported). A data set without a test split reports on its retrieval
 split when that has labels (SynthCXR: exclusively positive images never trained on); without a
 validate split, a seeded 10 % of train is held out.
+
+Image-level sets of multi-image studies (MURA: manifest.json `"evaluation": {"unit": "image",
+"aggregate": "study_mean"}`) are expanded first (`expand_images`): one row per image, labelled
+with its study; the study of each row is kept so that a metric can average a study's image
+probabilities.
 """
 
 from __future__ import annotations
@@ -43,6 +48,26 @@ class ClassificationTask:
     def classes(self, rows: list[int]) -> np.ndarray:
         """Multi-class targets as class indices."""
         return self.y(rows).argmax(1)
+
+
+def image_level(manifest) -> bool:
+    """Whether the manifest asks to be evaluated per image, aggregated per study (module doc)."""
+    return (manifest.meta.get("evaluation") or {}).get("unit") == "image"
+
+
+def expand_images(manifest):
+    """(manifest with one row per image, the study id of each row). Row ids are
+    "<study_id>#<k>"; labels, patient and split are the study's."""
+    import dataclasses
+
+    from convirt_fast.data.manifest import Manifest
+
+    studies, groups = [], []
+    for s in manifest.studies:
+        for k, image in enumerate(s.images):
+            studies.append(dataclasses.replace(s, study_id=f"{s.study_id}#{k}", images=(image,)))
+            groups.append(s.study_id)
+    return Manifest(root=manifest.root, studies=studies, label_columns=manifest.label_columns, meta=manifest.meta), groups
 
 
 def build_task(manifest) -> ClassificationTask:

@@ -85,10 +85,16 @@ def finalize(
     images_skipped: int = 0,
     threads: int = 0,
     extra_meta: dict | None = None,
+    text: bool = True,
 ) -> PrepareSummary:
     """Indexes, checks and writes a prepared data set. `image_keys[i]` identifies study i's
-    source image files for the leakage check; `report_files[i]` names its report in rejects."""
+    source image files for the leakage check; `report_files[i]` names its report in rejects.
+    `text=False`: an image-only evaluation set (RSNA, CheXpert, ...): no report is required and
+    no sentence index is written (manifest.json says "text": false)."""
     out = Path(out)
+    if not text:
+        return _finalize_images_only(out, studies, image_keys, label_columns, rejects, source, params,
+                                     images_written, images_skipped, extra_meta)
     studies, image_keys = drop_empty_reports(studies, image_keys, rejects, report_files)
     SentenceIndex = _sentence_index_cls()
     index = SentenceIndex.build([s.report for s in studies], threads=threads, min_tokens=MIN_TOKENS, sections=True)
@@ -130,6 +136,36 @@ def finalize(
         "manifest_sha256": manifest_sha,
         "sentence_index": SENTENCE_INDEX,
         "sentence_index_sha256": file_sha256(out / SENTENCE_INDEX),
+        "rejects_file": REJECTS_CSV,
+        **(extra_meta or {}),
+    }
+    write_meta(meta_path, meta)
+    return PrepareSummary(out, len(studies), splits, rejects.counts(), images_written, images_skipped)
+
+
+def _finalize_images_only(out, studies, image_keys, label_columns, rejects, source, params, images_written,
+                          images_skipped, extra_meta) -> PrepareSummary:
+    if not studies:
+        raise PrepareError(f"{out}: no study left to prepare; see the rejects ({rejects.counts()})")
+    assert_no_leakage(studies, image_keys, what=str(out))
+    out.mkdir(parents=True, exist_ok=True)
+    meta_path = out / META_JSON
+    meta_path.unlink(missing_ok=True)
+    rejects.write(out / REJECTS_CSV)
+    manifest_sha = write_manifest_csv(out / MANIFEST_CSV, studies, label_columns)
+    splits = split_counts(studies)
+    meta = {
+        "format": FORMAT,
+        "source": source,
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "params": params,
+        "label_columns": list(label_columns),
+        "studies": len(studies),
+        "splits": splits,
+        "text": False,
+        "rejects": rejects.counts(),
+        "manifest": MANIFEST_CSV,
+        "manifest_sha256": manifest_sha,
         "rejects_file": REJECTS_CSV,
         **(extra_meta or {}),
     }

@@ -4,7 +4,8 @@ Expected under the root (each CSV plain or gzipped):
     mimic-cxr-2.0.0-metadata.csv(.gz)   dicom_id, subject_id, study_id, ViewPosition, ...
     mimic-cxr-2.0.0-split.csv(.gz)      dicom_id, study_id, subject_id, split (train/validate/test)
     mimic-cxr-2.0.0-chexpert.csv(.gz)   subject_id, study_id, 14 labels (1.0, 0.0, -1.0, blank)
-    files/pXX/pNNNNNNNN/sNNNNNNNN/<dicom_id>.jpg
+    files/pXX/pNNNNNNNN/sNNNNNNNN/<dicom_id>.jpg   (or <dicom_id>.dcm: the MIMIC-CXR DICOM release,
+             under --image-root when it is not the CSVs' root; DICOMs are written as PNG)
     reports: files/pXX/pNNNNNNNN/sNNNNNNNN.txt, or mimic-cxr-reports.zip (from MIMIC-CXR),
              under the root or given by --reports (a folder or the zip)
 
@@ -26,7 +27,7 @@ from pathlib import Path
 
 from convirt_fast.data import rejects as R
 from convirt_fast.data.manifest import Study, parse_label
-from convirt_fast.data.resize import LONG_SIDE, ResizeTask, resize_all
+from convirt_fast.data.resize import LONG_SIDE, ResizeTask, output_suffix, resize_all
 from convirt_fast.prepare.common import PrepareError, PrepareSummary, finalize
 
 METADATA = "mimic-cxr-2.0.0-metadata.csv"
@@ -64,6 +65,21 @@ class MimicConfig:
     reports: Path | None = None
     """A folder holding files/pXX/... reports, or the reports zip; default: found under root."""
     long_side: int = LONG_SIDE
+    image_root: Path | None = None
+    """Folder holding files/pXX/... images; default: root."""
+    image_format: str = "auto"
+    """jpg | dcm | auto (per image: the .jpg when present, else the .dcm)."""
+
+    def __post_init__(self) -> None:
+        if self.image_format not in ("auto", "jpg", "dcm"):
+            raise ValueError(f"image_format must be auto, jpg or dcm, got {self.image_format!r}")
+
+
+def _image_name(folder: Path, dicom: str, image_format: str) -> str:
+    if image_format == "auto":
+        use_dcm = not (folder / f"{dicom}.jpg").exists() and (folder / f"{dicom}.dcm").exists()
+        return f"{dicom}.dcm" if use_dcm else f"{dicom}.jpg"
+    return f"{dicom}.{image_format}"
 
 
 def _find_csv(root: Path, name: str) -> Path:
@@ -181,8 +197,13 @@ def prepare_mimic_cxr(out: Path, cfg: MimicConfig, *, workers: int = 0, progress
         except UnicodeDecodeError as e:
             rejects.add(study, reports.file(subject, study), R.NON_UTF8_REPORT, str(e))
 
+    image_root = Path(cfg.image_root) if cfg.image_root else root
+    names = {d: _image_name(image_root / _study_dir(s, st), d, cfg.image_format)
+             for (s, st) in texts for d in study_images[(s, st)]}
+    dest = {d: f"images/{_study_dir(s, st)}/{Path(names[d]).with_suffix(output_suffix(Path(names[d])))}"
+            for (s, st) in texts for d in study_images[(s, st)]}
     tasks = [
-        ResizeTask(root / _study_dir(s, st) / f"{d}.jpg", out / "images" / _study_dir(s, st) / f"{d}.jpg", item=d)
+        ResizeTask(image_root / _study_dir(s, st) / names[d], out / dest[d], item=d)
         for (s, st) in texts
         for d in study_images[(s, st)]
     ]
@@ -193,9 +214,9 @@ def prepare_mimic_cxr(out: Path, cfg: MimicConfig, *, workers: int = 0, progress
         for d in study_images[(subject, study)]:
             res = results[d]
             if res.ok:
-                images.append(f"images/{_study_dir(subject, study)}/{d}.jpg")
+                images.append(dest[d])
             else:
-                rejects.add(d, f"{_study_dir(subject, study)}/{d}.jpg", res.reason, res.detail)
+                rejects.add(d, f"{_study_dir(subject, study)}/{names[d]}", res.reason, res.detail)
         if not images:
             rejects.add(study, _study_dir(subject, study), R.NO_IMAGE_LEFT, "no usable image of an accepted view")
             continue
@@ -213,7 +234,8 @@ def prepare_mimic_cxr(out: Path, cfg: MimicConfig, *, workers: int = 0, progress
         label_columns=CHEXPERT_LABELS,
         rejects=rejects,
         source="mimic-cxr-jpg-2.0.0",
-        params={"root": str(root), "views": list(cfg.views), "reports": str(reports.source), "long_side": cfg.long_side},
+        params={"root": str(root), "views": list(cfg.views), "reports": str(reports.source), "long_side": cfg.long_side,
+                "image_root": str(image_root), "image_format": cfg.image_format},
         images_written=written,
         images_skipped=sum(r.skipped for r in results.values()),
         threads=workers,

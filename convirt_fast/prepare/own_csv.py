@@ -1,6 +1,8 @@
 """`prepare csv`: a user's own image-report pairs, one row per study in a CSV.
 
-Image paths are relative to `image_root` (default: the CSV's folder) or absolute. Without a
+Image paths are relative to `image_root` (default: the CSV's folder) or absolute; images may be
+JPEG, PNG (8/16-bit) or DICOM (convirt_fast/data/dicom.py; written as PNG, `x.dcm` ->
+`x.dcm.png`). Without a
 split column, rows are split by patient (with every row that shares an image file with the
 patient), or by image file when there is no patient column, with a seeded hash (see
 splits.py). A row that cannot be used (no image value, an image that is missing, empty or
@@ -132,10 +134,14 @@ def _has_surrogate(s: str) -> bool:
 def _destination(image: str) -> str:
     """Output path (relative to the data root) for a source image path."""
     p = Path(image)
+    suffix = output_suffix(p)
+    # A format that changes (DICOM, TIFF -> PNG) keeps its suffix in the name: x.dcm and x.png
+    # beside it must not become one file.
+    name = p.name + suffix if p.suffix.lower() not in (".jpg", ".jpeg", ".png") else p.stem + suffix
     if p.is_absolute() or ".." in p.parts:
         digest = hashlib.sha1(image.encode()).hexdigest()[:12]
-        return f"images/ext/{digest}/{p.stem}{output_suffix(p)}"
-    return str(Path("images") / p.with_suffix(output_suffix(p)))
+        return f"images/ext/{digest}/{name}"
+    return str(Path("images") / p.parent / name)
 
 
 def prepare_csv(out: Path, cfg: CsvConfig, *, workers: int = 0, progress: bool = True) -> PrepareSummary:
