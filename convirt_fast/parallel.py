@@ -48,18 +48,6 @@ def apply_fsdp(model: nn.Module, param_dtype: torch.dtype | None) -> nn.Module:
     return model
 
 
-def fsdp_units(model: nn.Module) -> list[list[str]]:
-    """The FSDP2 units of a wrapped model: for each, the names of the modules it was applied to."""
-    from torch.distributed.fsdp import FSDPModule
-
-    names = {module: name or "<root>" for name, module in model.named_modules()}
-    units: dict[int, list[str]] = {}
-    for module, name in names.items():
-        if isinstance(module, FSDPModule):
-            units.setdefault(id(module._get_fsdp_state()), []).append(name)
-    return list(units.values())
-
-
 def wrap_model(model: nn.Module, kind: str, info: DistInfo, param_dtype: torch.dtype | None) -> nn.Module:
     if kind == "fsdp":
         return apply_fsdp(model, param_dtype)

@@ -21,13 +21,18 @@ class WindowSummary:
     """Mean of the finite steps' losses (nan when none was finite)."""
     first_nonfinite: tuple[int, float, list[int]] | None
     """(step, this rank's loss, this rank's manifest rows) of the first non-finite step."""
+    extra: list[float]
+    """The values of `read(extra=...)`'s tensors, read in the same transfer."""
 
 
 class StepWindow:
     def __init__(self):
+        self._clear()
+
+    def _clear(self) -> None:
         self._steps: list[int] = []
         self._losses: list[torch.Tensor] = []  # 0-d, this rank's mean over the micro-batches
-        self._bad: list[torch.Tensor] = []  # 0-d, 1.0 where some rank's loss was not finite
+        self._bad: list[torch.Tensor] = []  # 0-d, 1.0 where the step was skipped (non-finite)
         self._rows: list[list[torch.Tensor]] = []  # host tensors, converted only when a step was bad
 
     def __len__(self) -> int:
@@ -40,13 +45,14 @@ class StepWindow:
         self._bad.append(bad.detach().float())
         self._rows.append(list(rows))
 
-    def read(self) -> WindowSummary:
-        """One device-to-host transfer for the whole window; the window is emptied."""
+    def read(self, extra: list[torch.Tensor] = ()) -> WindowSummary:
+        """One device-to-host transfer for the whole window (and `extra` 0-d tensors, e.g. a
+        learnable temperature); the window is emptied."""
         n = len(self._steps)
-        values = torch.stack(self._losses + self._bad).tolist()
-        losses, bad = values[:n], values[n:]
+        values = torch.stack([*self._losses, *self._bad, *(t.detach().float().reshape(()) for t in extra)]).tolist()
+        losses, bad = values[:n], values[n:2 * n]
         finite = [loss for loss, b in zip(losses, bad) if not b]
         first = next(((s, loss, [r for part in rows for r in part.tolist()])
                       for s, loss, b, rows in zip(self._steps, losses, bad, self._rows) if b), None)
-        self.__init__()
-        return WindowSummary(n, len(finite), sum(finite) / len(finite) if finite else math.nan, first)
+        self._clear()
+        return WindowSummary(n, len(finite), sum(finite) / len(finite) if finite else math.nan, first, values[2 * n:])

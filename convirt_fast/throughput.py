@@ -1,8 +1,9 @@
-"""How well a run uses its hardware: FLOPs per step, counted once, and model FLOPs utilisation.
+"""How well a run uses its hardware: model FLOPs utilisation against the device's peak.
 
 MFU (as nanoGPT and PaLM define it) = model FLOPs per second achieved / the device's dense peak.
-The FLOPs are counted, not estimated from a formula: `torch.utils.flop_counter.FlopCounterMode`
-records every matmul and convolution of one real forward + backward (so frozen layers, which run
+The FLOPs are counted, not estimated from a formula: the trainer runs its first step under
+`torch.utils.flop_counter.FlopCounterMode`, which records every matmul and convolution of a real
+forward + backward (so frozen layers, which run
 no backward, count once, and the text length of that batch is the one counted). Work done outside
 aten ops, i.e. the fused Triton loss, is not counted: at batch 256 it is under 0.1% of a ResNet-50 +
 BERT-base step (8 N^2 D = 0.27 GFLOP against ~10 TFLOP).
@@ -15,6 +16,8 @@ import torch
 # Dense (no sparsity) datasheet peaks per GPU in TFLOP/s: (bf16/fp16 tensor cores, TF32, plain fp32).
 # First match of the name's substring wins, so the more specific names come first.
 PEAK_TFLOPS: list[tuple[str, tuple[float, float, float]]] = [
+    ("H200 NVL", (835.0, 418.0, 60.0)),
+    ("GH200", (989.0, 494.0, 67.0)),
     ("H200", (989.0, 494.0, 67.0)),
     ("H100 PCIe", (756.0, 378.0, 51.0)),
     ("H100 NVL", (835.0, 418.0, 60.0)),
@@ -23,6 +26,7 @@ PEAK_TFLOPS: list[tuple[str, tuple[float, float, float]]] = [
     ("A100", (312.0, 156.0, 19.5)),
     ("A800", (312.0, 156.0, 19.5)),
     ("L40S", (362.0, 183.0, 91.6)),
+    ("L40", (181.0, 90.5, 90.5)),
     ("A10G", (70.0, 35.0, 31.2)),
     ("L4", (121.0, 60.0, 30.3)),
     ("A10", (125.0, 62.5, 31.2)),
@@ -34,33 +38,14 @@ def peak_flops(device: torch.device, compute_dtype: torch.dtype | None) -> float
     (an MFU against a guessed peak would mislead)."""
     if device.type != "cuda":
         return None
-    name = torch.cuda.get_device_name(device)
+    words = torch.cuda.get_device_name(device).replace("-", " ").split()
     for key, (half, tf32, fp32) in PEAK_TFLOPS:
-        if key in name:
+        # whole words in order ("NVIDIA L40" is no L4, "A100-SXM4-80GB" is an A100)
+        if any(words[i:i + len(key.split())] == key.split() for i in range(len(words))):
             if compute_dtype in (torch.bfloat16, torch.float16):
                 return half * 1e12
             return (tf32 if torch.backends.cuda.matmul.allow_tf32 else fp32) * 1e12
     return None
-
-
-class FlopCount:
-    """Counts the FLOPs of what runs inside `with counter:` (forward and backward alike)."""
-
-    def __init__(self):
-        from torch.utils.flop_counter import FlopCounterMode
-
-        self._mode = FlopCounterMode(display=False)
-
-    def __enter__(self) -> "FlopCount":
-        self._mode.__enter__()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._mode.__exit__(*exc)
-
-    @property
-    def total(self) -> int:
-        return int(self._mode.get_total_flops())
 
 
 def utilisation(flops_per_step: float, steps: int, seconds: float, peak: float | None) -> float | None:

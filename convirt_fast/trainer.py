@@ -13,6 +13,7 @@ from pathlib import Path
 
 import torch
 import torch.distributed as dist
+from torch.utils.flop_counter import FlopCounterMode
 
 from convirt_fast.checkpoint import Checkpointer, CheckpointError, check_compatible, load_checkpoint
 from convirt_fast.config import Config
@@ -23,7 +24,7 @@ from convirt_fast.parallel import gradient_sync, resolve_parallel, unwrap, wrap_
 from convirt_fast.run_log import RunLog, plot_losses
 from convirt_fast.schedule import LRSchedule
 from convirt_fast.step_window import StepWindow
-from convirt_fast.throughput import FlopCount, peak_flops, utilisation
+from convirt_fast.throughput import peak_flops, utilisation
 
 
 class NonFiniteLoss(RuntimeError):
@@ -92,6 +93,7 @@ class Trainer:
         self.best_val = math.inf
         self.window = StepWindow()
         self.loss_input_dtype: torch.dtype | None = None  # seen by _loss, logged once
+        self._halted = torch.zeros((), device=self.device)  # on_nonfinite=stop: set from a bad step on
         self.flops_per_step: int | None = None  # counted on this process's first step
         self.peak_flops = peak_flops(self.device, self.autocast_dtype)
         resumed = self._maybe_resume()
@@ -207,14 +209,15 @@ class Trainer:
     def train_step(self, micro_batches) -> None:
         """One optimizer step over `grad_accum` micro-batches, without one host read.
 
-        The loss and its non-finite flag stay on the device (self.window; read every log_every
-        steps by `flush`). A non-finite loss on any rank sets `found_inf` of the fused AdamW, which
-        then leaves parameters and optimizer state as they were: the step is skipped on the device,
-        on every rank alike (the flag is all-reduced). train.on_nonfinite=stop raises at the next
-        flush, naming the step and its studies; skip counts it there."""
+        The loss and a non-finite flag stay on the device (self.window; read every log_every steps
+        by `flush`). The flag is set by a non-finite loss or gradient norm on any rank (all-reduced,
+        so every rank agrees) and handed to the fused AdamW as `found_inf`: the update is then
+        skipped on the device, parameters and optimizer state left as they were. With
+        train.on_nonfinite=stop the flag stays set until the next flush raises (naming the step and
+        its studies), so no later step changes the weights; with skip the steps are counted there."""
         for group in self.optimizer.param_groups:
             group["lr"] = self.schedule.lr(self.step)
-        counter = FlopCount() if self.flops_per_step is None else contextlib.nullcontext()
+        counter = FlopCounterMode(display=False) if self.flops_per_step is None else contextlib.nullcontext()
         loss_sum = torch.zeros((), device=self.device)
         with counter:
             for i, batch in enumerate(micro_batches):
@@ -223,7 +226,7 @@ class Trainer:
                     (loss / len(micro_batches)).backward()
                 loss_sum += loss.detach()
         if self.flops_per_step is None:
-            self.flops_per_step = counter.total
+            self.flops_per_step = counter.get_total_flops()
             self._log_loss_path()
         bad = (~torch.isfinite(loss_sum)).float()
         if self.info.distributed:
@@ -232,13 +235,25 @@ class Trainer:
                 if p.grad is not None:
                     dist.all_reduce(p.grad)
                     p.grad /= self.info.world_size
-        if self.cfg.optim.grad_clip:
-            torch.nn.utils.clip_grad_norm_([p for g in self.optimizer.param_groups for p in g["params"]],
-                                           self.cfg.optim.grad_clip)
+        bad = torch.maximum(bad, self._nonfinite_gradients())
+        if self.cfg.train.on_nonfinite == "stop":
+            bad = self._halted = torch.maximum(bad, self._halted)
         self.optimizer.found_inf = bad
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.window.record(self.step, loss_sum / len(micro_batches), bad, [b["rows"] for b in micro_batches])
+
+    def _nonfinite_gradients(self) -> torch.Tensor:
+        """1.0 when some gradient is inf/nan (a finite loss can still overflow in the backward),
+        from the global gradient norm, which optim.grad_clip clips by; the same on every rank."""
+        params = [p for g in self.optimizer.param_groups for p in g["params"] if p.grad is not None]
+        if self.cfg.optim.grad_clip:
+            norm = torch.nn.utils.clip_grad_norm_(params, self.cfg.optim.grad_clip)
+        else:
+            norm = torch.nn.utils.get_total_norm([p.grad for p in params])
+        if hasattr(norm, "full_tensor"):  # FSDP2: a norm over sharded gradients (an all-reduce)
+            norm = norm.full_tensor()
+        return (~torch.isfinite(norm)).float()
 
     def _log_loss_path(self) -> None:
         """Once per process: the dtype the projections reach the loss in, and the loss backend."""
@@ -252,25 +267,27 @@ class Trainer:
             print(f"loss: {record['loss_input_dtype']} projections into the {record['loss_backend']} backend "
                   f"(fp32 inside); {self.flops_per_step / 1e9:.1f} GFLOP per step on each rank (counted)")
 
-    def flush(self, seconds: float) -> dict | None:
-        """Read the steps since the last flush (one host read), apply train.on_nonfinite, log
-        them; `seconds` is the wall time they took. Returns the record logged (None if none)."""
+    def flush(self, window_start: float) -> dict | None:
+        """Read the steps since the last flush (one host read: it waits for their GPU work),
+        apply train.on_nonfinite and log them, timed from `window_start` (time.perf_counter) to
+        the end of the read. Returns the record (None when there was nothing to read)."""
         if not len(self.window):
             return None
-        w = self.window.read()
+        tau = self.loss_fn.tau
+        w = self.window.read(extra=[tau] if isinstance(tau, torch.Tensor) else [])
+        seconds = time.perf_counter() - window_start
         self.skipped_nonfinite += w.steps - w.finite_steps
         if w.first_nonfinite is not None and self.cfg.train.on_nonfinite == "stop":
             step, loss, rows = w.first_nonfinite
             studies = [self.manifest.studies[r].study_id for r in rows]
-            raise NonFiniteLoss(f"non-finite loss at step {step} (rank {self.info.rank} loss {loss}); "
+            raise NonFiniteLoss(f"non-finite loss or gradient at step {step} (rank {self.info.rank} loss {loss}); "
                                 f"studies of this rank's batch: {studies}")
         pairs = w.steps * self.cfg.data.batch_size * self.info.world_size * self.cfg.train.grad_accum
         mfu = utilisation(self.flops_per_step, w.steps, seconds, self.peak_flops)
-        tau = self.loss_fn.tau
         record = {"loss": w.mean_loss, "lr": self.schedule.lr(self.step - 1),
-                  "pairs_per_s": round(pairs / max(seconds, 1e-9), 1),
-                  "step_ms": round(1000 * seconds / w.steps, 2), "mfu": None if mfu is None else round(mfu, 4),
-                  "tau": float(tau.detach() if isinstance(tau, torch.Tensor) else tau), "epoch": self.loader.epoch, "skipped_nonfinite": self.skipped_nonfinite}
+                  "pairs_per_s": round(pairs / max(seconds, 1e-9), 1), "step_ms": round(1000 * seconds / w.steps, 2),
+                  "mfu": None if mfu is None else round(mfu, 4), "tau": w.extra[0] if w.extra else tau,
+                  "epoch": self.loader.epoch, "skipped_nonfinite": self.skipped_nonfinite}
         if w.finite_steps:
             self.log.log(self.step, "train", **record)
         return record
@@ -301,7 +318,7 @@ class Trainer:
         stopped_by = "max_steps"
 
         def flush():  # the window's host read, its log line and progress-bar figures
-            record = self.flush(time.perf_counter() - window_start)
+            record = self.flush(window_start)
             if bar is not None and record is not None:
                 mfu = f", mfu={100 * record['mfu']:.1f}%" if record["mfu"] is not None else ""
                 bar.set_postfix_str(f"loss={record['loss']:.3f}, pairs/s={record['pairs_per_s']:.0f}, "
@@ -309,13 +326,14 @@ class Trainer:
 
         while self.step < cfg.train.max_steps:
             micro = [next(batches) for _ in range(cfg.train.grad_accum)]
-            self.train_step(micro)
+            first = self.flops_per_step is None  # this process's first step: compilation, autotuning,
+            self.train_step(micro)               # cuDNN's search, the FLOP count; logged on its own
             self.step += 1
             if bar is not None:
                 bar.update(1)
             validating = self.step % cfg.train.val_every == 0
             saving = validating or self.step % cfg.train.checkpoint_every == 0
-            if self.step % cfg.train.log_every == 0 or saving:
+            if first or self.step % cfg.train.log_every == 0 or saving:
                 flush()  # before a checkpoint too: it must hold exact counts, and a stop comes first
                 window_start = time.perf_counter()
             if validating:

@@ -7,6 +7,7 @@ weights, whose vocabulary is the tokenizer trained on the corpus.
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -87,20 +88,27 @@ def masked_max_pool(hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch
     return torch.where(keep.any(dim=1), pooled, torch.zeros_like(pooled))
 
 
+@functools.lru_cache(maxsize=None)
+def _transformers_major() -> int:
+    import transformers
+
+    return int(transformers.__version__.split(".")[0])
+
+
 def _prepared_attention_mask(bert: nn.Module, attention_mask: torch.Tensor) -> torch.Tensor:
     """The attention mask in the 4-D form the attention implementation uses, where transformers
     takes one ready-made. transformers >= 5 builds masks in `masking_utils`, which first asks
     whether a 2-D mask pads anything (`mask.all()`, a host read: on a GPU, a sync that stalls every
     text forward) and passes a 4-D mask through unchanged. Older versions get the 2-D mask."""
-    import transformers
-
     implementation = getattr(bert.config, "_attn_implementation", None)
-    if int(transformers.__version__.split(".")[0]) < 5 or implementation not in ("sdpa", "eager"):
+    if _transformers_major() < 5 or implementation not in ("sdpa", "eager"):
         return attention_mask
     keep = attention_mask.to(torch.bool)[:, None, None, :]  # (B, 1, 1, T): every query sees the same keys
     if implementation == "sdpa":
         return keep  # boolean, True = attend (scaled_dot_product_attention's convention)
-    return torch.zeros(keep.shape, device=keep.device).masked_fill_(~keep, torch.finfo(torch.float32).min)
+    # eager adds the mask to the scores: in the model's dtype, as transformers builds it
+    dtype = bert.get_input_embeddings().weight.dtype
+    return torch.zeros(keep.shape, device=keep.device, dtype=dtype).masked_fill_(~keep, torch.finfo(dtype).min)
 
 
 def pooled_text_features(bert: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
