@@ -22,11 +22,7 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset, RandomSampler
 
 from convirt_fast.data.augment import AugmentSpec
-
-try:  # one open_clip-style loss for every benchmark, wherever it lives
-    from convirt_fast.kernels.reference import open_clip_style
-except ImportError:
-    from bench_loss import open_clip_style
+from convirt_fast.kernels.reference import open_clip_style  # the one open_clip-style loss of every benchmark
 
 MAX_WORKERS = 16
 

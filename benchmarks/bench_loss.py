@@ -11,12 +11,16 @@ reference measured in the same run (or over the fastest other baseline that ran,
 reference was skipped; benchmarks/conftest.py), and for the fused and torch providers also
 "vs_reference" and "vs_open_clip" (the baselines run first in each group, so these are known when
 the case records), TFLOP/s counted as 2 N^2 D (forward), 6 N^2 D (backward), 8 N^2 D (full) and on
-CUDA "pct_peak" (% of the 989 TFLOP/s dense bf16 datasheet peak of an H100/H200), peak memory
+CUDA "pct_peak" (% of the device's dense bf16 peak, `convirt_fast.throughput.peak_flops`; absent on
+a GPU it does not know), peak memory
 beyond the inputs in MiB (on a CPU: the resident-set high-water mark, approximate), on a GPU the
 number of kernels launched (N <= 4096) and for the fused provider the autotuner's picks so far
 ("autotune"). Peak memory and kernel counts of the backward mode include its (untimed) forward.
 `test_sm90a_compile_report` records every shipped tile config's registers, spills, shared memory
-and wgmma for sm_90a (kernels/compile_report.py). Results: benchmarks/results/bench_loss_<cpu|cuda>.json.
+and wgmma for sm_90a (kernels/compile_report.py), with the Triton and ptxas versions that compiled
+them. Results: benchmarks/results/bench_loss_<cpu|cuda>.json.
+
+TAU, LAM and FLOPS are defined here once; scripts/gpu_check.py loads them from this file.
 
 Targets (DESIGN.md section 1): N = 32,768 bf16 on an H100: full >= 50% of dense bf16 peak, >= 3x
 the open_clip-style loss and never slower than it; < 1 GiB beyond the inputs at N = 262,144;
@@ -34,17 +38,19 @@ import torch
 
 from convirt_fast.kernels import convirt_loss
 from convirt_fast.kernels.reference import convirt_loss_reference, open_clip_style
+from convirt_fast.throughput import peak_flops
 
 CUDA = torch.cuda.is_available()
-D, TAU, LAM = 512, 0.1, 0.75
+TAU, LAM = 0.1, 0.75  # the loss benchmarks' hyper-parameters (ConVIRT's tau, lambda)
+FLOPS = {"forward": 2, "backward": 6, "full": 8}  # x N^2 D: the minimum GEMM work (kernels/convirt_loss.py)
+D = 512
 DTYPE = torch.bfloat16 if CUDA else torch.float32
 SIZES = ([32, 256, 1024, 4096, 16384, 32768, 65536, 131072, 262144] if CUDA
          else [32, 256, 1024, 4096])
 MODES = ["forward", "backward", "full"]
 FULL_ONLY_ABOVE = 65536
-FLOPS = {"forward": 2, "backward": 6, "full": 8}  # x N^2 D
 TIME_BUDGET_S = float(os.environ.get("CONVIRT_BENCH_BUDGET_S", "0.5" if CUDA else "0.6"))
-PEAK_TFLOPS = 989.0  # H100/H200 SXM dense bf16, datasheet
+PEAK_FLOPS = peak_flops(torch.device("cuda"), DTYPE) if CUDA else None  # None: an unknown GPU
 
 # baselines first: each group's fused and torch cases then know the baselines' medians
 PROVIDERS = {
@@ -173,8 +179,8 @@ def test_loss(benchmark, mode, n, provider):
         for base in ("reference", "open_clip"):
             if (group, base) in _medians:
                 benchmark.extra_info[f"vs_{base}"] = round(_medians[group, base] / median, 3)
-    if CUDA:
-        benchmark.extra_info["pct_peak"] = round(100 * tflops / PEAK_TFLOPS, 2)
+    if PEAK_FLOPS:
+        benchmark.extra_info["pct_peak"] = round(100 * tflops * 1e12 / PEAK_FLOPS, 2)
     if n <= 4096 and CUDA:
         benchmark.extra_info["kernels"] = _kernel_count(run_once)
     if provider == "fused":
@@ -193,4 +199,8 @@ def test_sm90a_compile_report(benchmark):
         pytest.skip("Triton's bundled ptxas is absent")
     report = compile_report.sm90a_report()
     benchmark.pedantic(lambda: None, rounds=1, warmup_rounds=0)
-    benchmark.extra_info.update({"sm90a_report": report, "problems": compile_report.problems(report)})
+    import triton
+
+    benchmark.extra_info.update({"triton": triton.__version__,
+                                 "ptxas": compile_report.ptxas_version(compile_report.ptxas_path()),
+                                 "sm90a_report": report, "problems": compile_report.problems(report)})

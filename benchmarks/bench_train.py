@@ -127,25 +127,21 @@ def _convirt_fast(benchmark, root, run_dir, mcfg, size, batch_size):
                                    run_name="bench", resume=None, evaluate=False, progress=False),
                  preset="bench")
     trainer = Trainer(cfg)
-    batches = iter((getattr(trainer, "batches", None) or trainer._batches)())  # the trainer's own loader
-    flush = getattr(trainer, "flush", None)
-    since = [time.perf_counter()]
+    batches = trainer.batches()  # the trainer's own loader
+    window_start = [time.perf_counter()]
 
     def step():  # as Trainer.fit: the step, the step count, a host read every log_every steps
         trainer.train_step([next(batches)])
         trainer.step += 1
-        if flush is not None and trainer.step % cfg.train.log_every == 0:
-            now = time.perf_counter()
-            flush(seconds=now - since[0])
-            since[0] = now
+        if trainer.step % cfg.train.log_every == 0:
+            trainer.flush(window_start[0])  # times the window itself, up to the end of its host read
+            window_start[0] = time.perf_counter()
 
     try:
         return _measure(benchmark, step, batch_size)
     finally:
-        if hasattr(batches, "close"):
-            batches.close()
-        # Its workers must not compete with the next case for the cores.
-        getattr(getattr(trainer, "loader", None), "close", lambda: None)()
+        batches.close()
+        trainer.loader.close()  # its workers must not compete with the next case for the cores
 
 
 @pytest.mark.parametrize("provider", ["plain_recipe", "convirt_fast"])  # baseline first

@@ -17,6 +17,10 @@ with every config of the set, and for fp32 inputs with theirs (`triton_loss.ship
 both precisions torch may ask for: TF32 (wgmma) and IEEE fp32 (no tensor-core instruction exists
 for it, so no wgmma is required there).
 
+The compiler is this machine's Triton and its bundled ptxas, whose versions every record carries
+(`triton`, `ptxas`; the table's first line): another Triton release (the GPU machine's may differ)
+can allocate registers differently, so a clean report holds for those versions.
+
 Triton runs its kernels through an interpreter when TRITON_INTERPRET=1 (the CPU tests), where
 @triton.jit gives no compilable function: then the report runs in a subprocess without it.
 """
@@ -29,6 +33,7 @@ import re
 import subprocess
 import sys
 import tempfile
+from functools import lru_cache
 
 import triton
 
@@ -55,6 +60,17 @@ def ptxas_path() -> str | None:
     """Triton's bundled ptxas (it also compiles the cubin), or None where the wheel lacks it."""
     path = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "ptxas")
     return path if os.access(path, os.X_OK) else None
+
+
+@lru_cache(maxsize=None)
+def ptxas_version(ptxas: str) -> str | None:
+    """'12.9.86' from `ptxas --version` ('Cuda compilation tools, release 12.9, V12.9.86'), else None."""
+    try:
+        out = subprocess.run([ptxas, "--version"], capture_output=True, text=True, timeout=30).stdout
+    except (OSError, subprocess.SubprocessError):
+        return None
+    found = re.search(r"release [\d.]+, V([\d.]+)", out)
+    return found.group(1) if found else None
 
 
 def _jit_function(kernel):
@@ -132,20 +148,23 @@ def _report_here() -> list[dict]:
     ptxas = ptxas_path()
     if ptxas is None:
         raise RuntimeError("Triton's bundled ptxas is missing: cannot compile for sm_90a")
+    versions = {"triton": triton.__version__, "ptxas": ptxas_version(ptxas)}
     rows = []
     for dtype, (_, torch_dtype, _, _, needs_wgmma) in DTYPES.items():
         for name, (kernel_name, constexprs) in VARIANTS.items():
             kernel = getattr(triton_loss, kernel_name)
             for config in triton_loss.shipped_configs(kernel_name, getattr(torch, torch_dtype)):
                 rows.append({"kernel": name, "dtype": dtype, "config": triton_loss.config_str(config),
-                             "gemm": needs_wgmma, **_compile_one(kernel, config, constexprs, dtype, ptxas)})
+                             "gemm": needs_wgmma, **_compile_one(kernel, config, constexprs, dtype, ptxas),
+                             **versions})
     return rows
 
 
 def sm90a_report() -> list[dict]:
     """One record per (kernel variant, input dtype, config): kernel, dtype, config, regs, spills
-    (bytes stored + loaded), shared_bytes, wgmma (bool), gemm (whether wgmma is required). Runs in a subprocess when this
-    process interprets Triton (TRITON_INTERPRET=1). Raises when ptxas is missing."""
+    (bytes stored + loaded), shared_bytes, wgmma (bool), gemm (whether wgmma is required), and the
+    compilers: triton (version), ptxas (version, None if unreadable). Runs in a subprocess when
+    this process interprets Triton (TRITON_INTERPRET=1). Raises when ptxas is missing."""
     if os.environ.get("TRITON_INTERPRET", "0") != "1":
         return _report_here()
     env = {**os.environ, "TRITON_INTERPRET": "0"}
@@ -169,7 +188,9 @@ def problems(rows: list[dict]) -> list[str]:
 
 
 def format_table(rows: list[dict]) -> str:
-    lines = [f"{'kernel':<18} {'dtype':<10} {'config':<42} {'regs':>5} {'spills':>6} {'shared':>7} wgmma"]
+    compilers = sorted({(r.get("triton"), r.get("ptxas")) for r in rows}, key=str)
+    lines = [f"sm_90a, compiled with Triton {t} and ptxas {p}" for t, p in compilers]
+    lines += [f"{'kernel':<18} {'dtype':<10} {'config':<42} {'regs':>5} {'spills':>6} {'shared':>7} wgmma"]
     for r in rows:
         lines.append(f"{r['kernel']:<18} {r.get('dtype', ''):<10} {r['config']:<42} {r['regs']!s:>5} "
                      f"{r['spills']:>6} {r['shared_bytes']:>7} {r['wgmma']}")

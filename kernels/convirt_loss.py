@@ -37,8 +37,15 @@ dtype (N x D). No N x N matrix: at N = 262,144, D = 512, bf16: 0.25 GiB of scrat
 0.875 GiB in the backward (W 512 MiB, x 256, H 128). The torch backend's direct path below
 torch_loss.DIRECT_ELEMS logits (N <= 1,024) holds a few N x N fp32 matrices of at most 4 MiB.
 
-Launches (N <= 8,192, Triton): forward 3 kernels (prologue, LSE pass, merge of the partials + loss)
-plus the fill of a float tau; backward 7 (row scaling x2, gradient strip, two GEMMs, two epilogues).
+Launches (Triton, bf16, N <= 1,024, tau a float), 12 for `convirt_loss(...).backward()`:
+  forward   4: the fill of the float tau into a 0-d tensor (tau_tensor), then 3 kernels: prologue,
+            LSE pass, merge of the partials + loss (above N = 1,024, triton_loss.MERGE_BLOCK, the
+            merge writes one loss partial per block and a torch sum of them adds a launch).
+  backward  7 while one strip covers N (N <= 8,192 in bf16): row scaling x2 (x, then y of the
+            strip), gradient strip, two cuBLAS GEMMs (W, V), two epilogues (d txt; d img with d tau);
+            each further strip adds 5 (its y scaling, strip, two GEMMs, d txt epilogue), and
+            several strips a torch.cat of their d tau partial sums.
+  autograd  1: loss.backward() fills the output gradient (ones_like) before calling the backward.
 
 Layers (flash-attention style): backend host functions (triton_loss / torch_loss, both
 `backend.LossBackend`, statistics passed as one `backend.PairStats`) -> raw ops
@@ -134,6 +141,10 @@ def rows_backward(be: LossBackend, X: Tensor, Y: Tensor, tau: Tensor, stats: Pai
         yc = be.scale_rows(Y[c0:c1], stats.b[c0:c1]) if normalize else Y[c0:c1]
         _mm_f32(H, yc.to(H.dtype), out=W, accumulate=c0 > 0)
         col_sink(c0, c1, _mm_f32(H.t(), xn.to(H.dtype)))
+        # Freed before the next strip is allocated: otherwise two strips are alive at once (the
+        # backward's peak would be W + x + 2 H, 1 GiB at N = 262,144). Stream order makes the reuse
+        # safe while this strip's GEMMs are still queued.
+        del H, yc
     return W, (hs[0] if len(hs) == 1 else torch.cat(hs))
 
 
@@ -220,8 +231,9 @@ class ConVIRTLossFunction(torch.autograd.Function):
 
 def resolve_backend(backend: str, device: torch.device) -> str:
     """"auto": Triton on CUDA at every N, torch elsewhere. At small N on a GPU the cost is launches,
-    and the fused path launches fewer (4 forward, 12 forward + backward) than any torch
-    computation of the loss (the reference: 17 and 58 at N = 32), so there is no size below which
+    and the fused path launches fewer (4 forward, 12 forward + backward with autograd's fill of the
+    output gradient: module docstring) than any torch computation of the loss (the reference: 17
+    and 58 at N = 32, autograd's fill included), so there is no size below which
     torch would be faster (docs/loss.md, "Backends and tiles")."""
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")

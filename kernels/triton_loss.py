@@ -558,7 +558,7 @@ def strip_width(M: int, N: int, D: int, dtype: torch.dtype, device: torch.device
     elt = torch.finfo(dtype).bits // 8
     left = max(0, BACKWARD_BYTES - M * D * (4 + elt))  # beside W (fp32) and the normalised x
     width = min(STRIP_BYTES, left) // (max(M, 1) * elt)
-    width = min(STRIP_COLS_MAX, max(256, width // 256 * 256))  # whole 128 x 256 tiles
+    width = min(STRIP_COLS_MAX, max(256, width // 256 * 256))  # whole column tiles of every BLOCK_N (<= 128)
     return min(N, width)
 
 
@@ -630,7 +630,7 @@ def config_str(cfg) -> str:
 
 def autotune_choices() -> dict[str, str]:
     """For each autotuned kernel and each key tuned so far in this process, the config picked:
-    {"lse_fwd D=512 n_bucket=16384 bfloat16": "BLOCK_M=128 BLOCK_N=256 warps=8 stages=3", ...}.
+    {"lse_fwd D=512 n_bucket=16384 bfloat16": "BLOCK_M=128 BLOCK_N=128 warps=8 stages=3", ...}.
     Empty under the interpreter (one config, nothing tuned)."""
     out = {}
     for name, kernel in AUTOTUNED.items():

@@ -20,8 +20,8 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime
+import functools
 import gc
-import importlib
 import importlib.util
 import inspect
 import json
@@ -37,9 +37,9 @@ from pathlib import Path
 from typing import Callable
 
 REPO = Path(__file__).resolve().parents[1]
-DATASHEET_TFLOPS = 989.0  # H100/H200 SXM dense bf16 datasheet peak (DESIGN.md section 1)
-TAU, LAM = 0.1, 0.75  # the loss benchmarks' hyper-parameters (as benchmarks/bench_loss.py)
-FLOPS = {"forward": 2, "backward": 6, "full": 8}  # x N^2 D: the minimum GEMM work (DESIGN.md section 1)
+# The H100/H200 SXM dense bf16 datasheet peak, the issue's yardstick (DESIGN.md section 1), reported
+# beside the device's own peak (convirt_fast.throughput.peak_flops: an H100 PCIe's is lower).
+DATASHEET_TFLOPS = 989.0
 MODES = ("forward", "backward", "full")
 TESTS_RESERVE_S = 40  # no stage before the GPU tests starts unless this much would remain for them
 MEMORY_TARGET_BYTES = 10**9  # "under 1 GB" beyond inputs and gradients at N = 262,144
@@ -52,84 +52,79 @@ BACKEND = "triton"
 
 
 # ---------------------------------------------------------------------------------------------
-# Interfaces of the other parts of convirt_fast, in one place so that names can be adjusted at
-# integration. Each raises Unavailable (recorded as "unavailable: <reason>") when missing.
+# What the stages use from convirt_fast and benchmarks/, imported when a stage first needs it.
 # ---------------------------------------------------------------------------------------------
 
 class Unavailable(Exception):
-    """An interface this stage needs is missing: recorded as 'unavailable', not as a failure."""
+    """What a stage needs cannot be had in this run (e.g. no time left to compile): recorded as
+    'unavailable', not as a failure. A failing import of convirt_fast is a failure ("error")."""
 
 
-CLIP_LOSS_NAMES = ("open_clip_style",)  # in kernels/reference.py once it moves there (same signature)
-MULTI_BLOCK_ATTR = "COL_SCRATCH_BYTES"  # triton_loss: shrinking it forces several row blocks per program
 E2E_ARGS = ["benchmarks/bench_train.py", "--benchmark-only", "-p", "no:cacheprovider", "-q", "-k", "256"]
 E2E_JSON = "bench_train_cuda.json"  # written by benchmarks/conftest.py into CONVIRT_BENCH_DIR
 
 
-def _import(name: str):
-    try:
-        return importlib.import_module(name)
-    except ImportError as e:
-        raise Unavailable(f"{name}: {e}") from e
+@functools.lru_cache(maxsize=None)
+def bench_loss():
+    """benchmarks/bench_loss.py, where the loss benchmarks' TAU, LAM and FLOPS (x N^2 D per mode)
+    are defined once; loaded by path (benchmarks/ is no package), on first use."""
+    path = REPO / "benchmarks" / "bench_loss.py"
+    spec = importlib.util.spec_from_file_location("_gpu_check_bench_loss", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def api_fused_loss() -> Callable:
-    """(img, txt) -> loss with the Triton backend, at the benchmarks' tau and lambda."""
-    convirt_loss = _import("convirt_fast.kernels").convirt_loss
-    return lambda img, txt, tau=TAU, lam=LAM: convirt_loss(img, txt, tau, lam, backend=BACKEND)
+    """(img, txt) -> loss with BACKEND (Triton on the GPU), at the benchmarks' tau and lambda."""
+    from convirt_fast.kernels import convirt_loss
+
+    tau0, lam0 = bench_loss().TAU, bench_loss().LAM
+    return lambda img, txt, tau=tau0, lam=lam0: convirt_loss(img, txt, tau, lam, backend=BACKEND)
 
 
 def api_reference() -> Callable:
-    ref = _import("convirt_fast.kernels.reference").convirt_loss_reference
-    return lambda img, txt, tau=TAU, lam=LAM: ref(img, txt, tau, lam)
+    from convirt_fast.kernels.reference import convirt_loss_reference
+
+    tau0, lam0 = bench_loss().TAU, bench_loss().LAM
+    return lambda img, txt, tau=tau0, lam=lam0: convirt_loss_reference(img, txt, tau, lam)
 
 
 def api_clip_loss() -> Callable:
-    """The open_clip-style ClipLoss baseline: in kernels/reference.py when it has moved there, else
-    benchmarks/bench_loss.py's open_clip_style (loaded by path: benchmarks/ is no package)."""
-    reference = _import("convirt_fast.kernels.reference")
-    for name in CLIP_LOSS_NAMES:
-        if callable(getattr(reference, name, None)):
-            fn = getattr(reference, name)
-            break
-    else:
-        path = REPO / "benchmarks" / "bench_loss.py"
-        spec = importlib.util.spec_from_file_location("_gpu_check_bench_loss", path)
-        module = importlib.util.module_from_spec(spec)
-        try:
-            spec.loader.exec_module(module)
-        except Exception as e:  # noqa: BLE001: any import failure of the suite means "unavailable"
-            raise Unavailable(f"open_clip-style loss: {path}: {type(e).__name__}: {e}") from e
-        fn = getattr(module, "open_clip_style", None)
-        if fn is None:
-            raise Unavailable(f"no open_clip-style loss in kernels/reference.py {CLIP_LOSS_NAMES} or {path}")
-    return lambda img, txt, tau=TAU, lam=LAM: fn(img, txt, tau, lam)
+    """The open_clip-style ClipLoss baseline (kernels/reference.py), at the benchmarks' tau and lambda."""
+    from convirt_fast.kernels.reference import open_clip_style
+
+    tau0, lam0 = bench_loss().TAU, bench_loss().LAM
+    return lambda img, txt, tau=tau0, lam=lam0: open_clip_style(img, txt, tau, lam)
 
 
 def api_triton_loss():
-    return _import("convirt_fast.kernels.triton_loss")
+    from convirt_fast.kernels import triton_loss
+
+    return triton_loss
 
 
 def api_sm90a_report() -> list[dict]:
-    """Every tile config compiled offline for sm_90a: kernel, config, regs, spills, shared_bytes, wgmma."""
-    return _import("convirt_fast.kernels.compile_report").sm90a_report()
+    """Every tile config compiled offline for sm_90a: kernel, config, regs, spills, shared_bytes, wgmma,
+    and the Triton and ptxas versions that compiled it."""
+    from convirt_fast.kernels import compile_report
+
+    return compile_report.sm90a_report()
 
 
-def api_autotune_choices() -> dict:
-    """Kernel name -> the autotuner's chosen config (as a string)."""
-    module = api_triton_loss()
-    if callable(getattr(module, "autotune_choices", None)):
-        return dict(module.autotune_choices())
-    # not (yet) exported: read the autotuners' caches directly (Triton's Autotuner.cache: key -> Config)
-    choices = {}
-    for name, obj in vars(module).items():
-        cache = getattr(obj, "cache", None)
-        if hasattr(obj, "configs") and isinstance(cache, dict):
-            for key, config in cache.items():
-                choices[f"{name}[{key}]" if len(cache) > 1 else name] = str(config)
-    if not choices:
-        raise Unavailable("triton_loss.autotune_choices() missing and no autotuner cache found")
-    return choices
+def device_peak_tflops() -> float | None:
+    """This device's dense bf16 peak in TFLOP/s (convirt_fast.throughput.peak_flops); None on a CPU
+    or a GPU it does not know."""
+    import torch
+
+    from convirt_fast.throughput import peak_flops
+
+    peak = peak_flops(torch.device(DEVICE), torch.bfloat16)
+    return None if peak is None else peak / 1e12
+
+
+def pct(part: float, whole: float | None) -> float | None:
+    return round(100 * part / whole, 1) if whole else None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -321,7 +316,7 @@ def trap_inputs(n: int, d: int, dtype, seed: int):
 
 def loss_and_grads(fn: Callable, img, txt, tau: float):
     x, y = img.detach().clone().requires_grad_(), txt.detach().clone().requires_grad_()
-    loss = fn(x, y, tau, LAM)
+    loss = fn(x, y, tau, bench_loss().LAM)
     loss.backward()
     return loss.detach().double(), x.grad.double(), y.grad.double()
 
@@ -339,14 +334,12 @@ def rel_errors(got, exact) -> dict:
 def forced_multi_block(module, n: int):
     """Shrink the forward's column-scratch budget to 3 programs' worth (8 bytes x N each): every
     program then loops over many row blocks and merges its column partials across them."""
-    if not hasattr(module, MULTI_BLOCK_ATTR):
-        raise Unavailable(f"triton_loss.{MULTI_BLOCK_ATTR} missing: cannot force the multi-block path")
-    saved = getattr(module, MULTI_BLOCK_ATTR)
-    setattr(module, MULTI_BLOCK_ATTR, 8 * n * 3)
+    saved = module.COL_SCRATCH_BYTES
+    module.COL_SCRATCH_BYTES = 8 * n * 3
     try:
         yield
     finally:
-        setattr(module, MULTI_BLOCK_ATTR, saved)
+        module.COL_SCRATCH_BYTES = saved
 
 
 def run_logged(cmd: list[str], timeout_s: float, log_path: Path | None, env=None, echo=True) -> tuple[int, str]:
@@ -391,8 +384,8 @@ def pytest_summary(output: str) -> dict:
 def classify_kernel(name: str) -> str:
     """Profiler category of a CUDA kernel of the fused loss (names of kernels/triton_loss.py, cuBLAS)."""
     low = name.lower()
-    if "col_lse" in low or "merge" in low:
-        return "column merge"
+    if "merge" in low:  # _merge_kernel: row and column partials -> lr, lc, the loss
+        return "merge of partials"
     if "lse" in low:
         return "LSE (forward GEMM pass)"
     if "strip" in low:
@@ -418,7 +411,7 @@ def stage_env(run: Run, data: dict) -> None:
         return
     props = torch.cuda.get_device_properties(0)
     data.update(gpu=props.name, sms=props.multi_processor_count, memory_gib=round(props.total_memory / 2**30, 1),
-                capability=f"{props.major}.{props.minor}")
+                capability=f"{props.major}.{props.minor}", peak_bf16_tflops=device_peak_tflops())
     fields = "clocks.sm,clocks.max.sm,clocks.mem,clocks.max.mem,power.draw,power.limit,temperature.gpu,driver_version"
     try:
         row = subprocess.run(["nvidia-smi", f"--query-gpu={fields}", "--format=csv,noheader,nounits", "-i", "0"],
@@ -476,9 +469,6 @@ def stage_correctness(run: Run, data: dict) -> None:
                     try:
                         with forced_multi_block(module, n) if path == "multi-block" else contextlib.nullcontext():
                             err = rel_errors(loss_and_grads(fused, img, txt, tau), exact)
-                    except Unavailable as e:
-                        case.update(status="unavailable", reason=str(e))
-                        continue
                     except Exception as e:  # noqa: BLE001: recorded as a failed case; the others still run
                         case.update(status="fail", finite=False, reason=f"{type(e).__name__}: {e}"[:300])
                         print(f"{case}", flush=True)
@@ -502,14 +492,12 @@ def loss_comparison(run: Run, data: dict, n: int, d: int, rep_ms: float) -> None
     """fused vs open_clip-style vs reference, forward/backward/full, do_bench medians, one process."""
     import torch
 
-    providers = {"fused": api_fused_loss(), "reference": api_reference()}
-    try:
-        providers["open_clip"] = api_clip_loss()
-    except Unavailable as e:
-        data["open_clip"] = f"unavailable: {e}"
+    providers = {"fused": api_fused_loss(), "reference": api_reference(), "open_clip": api_clip_loss()}
+    flops = bench_loss().FLOPS
     cublas = run.stage("ceilings").get("cublas_bf16_tflops")
+    peak = device_peak_tflops()
     img, txt = bf16_inputs(n, d)
-    data.update(n=n, d=d, dtype="bfloat16", cublas_tflops=cublas)
+    data.update(n=n, d=d, dtype="bfloat16", cublas_tflops=cublas, peak_tflops=peak)
     rows = data["providers"] = {}
     for name, fn in providers.items():
         row = rows[name] = {}
@@ -519,10 +507,9 @@ def loss_comparison(run: Run, data: dict, n: int, d: int, rep_ms: float) -> None
             img.grad = txt.grad = None
             for mode in MODES:
                 ms = time_loss_mode(fn, img, txt, mode, rep_ms)
-                tflops = FLOPS[mode] * n * n * d / ms / 1e9
-                row[mode] = {"ms": round(ms, 4), "tflops": round(tflops, 1),
-                             "pct_datasheet": round(100 * tflops / DATASHEET_TFLOPS, 1),
-                             "pct_cublas": round(100 * tflops / cublas, 1) if cublas else None}
+                tflops = flops[mode] * n * n * d / ms / 1e9
+                row[mode] = {"ms": round(ms, 4), "tflops": round(tflops, 1), "pct_peak": pct(tflops, peak),
+                             "pct_datasheet": pct(tflops, DATASHEET_TFLOPS), "pct_cublas": pct(tflops, cublas)}
                 print(f"{name:<10} {mode:<8} N={n} D={d}: {ms:9.3f} ms  {tflops:7.1f} TFLOP/s", flush=True)
         except Exception as e:  # noqa: BLE001: OOM of a baseline (N x N matrices), or any provider's failure
             row["error"] = f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"
@@ -609,11 +596,9 @@ def mark_chosen(rows: list[dict], choices: dict) -> None:
 
 
 def stage_resources(run: Run, data: dict) -> None:
-    try:
-        choices = data["autotune"] = api_autotune_choices()
-    except Unavailable as e:
-        choices, data["autotune"] = {}, f"unavailable: {e}"
-    rows = launched_kernels(api_triton_loss())
+    module = api_triton_loss()
+    choices = data["autotune"] = module.autotune_choices()
+    rows = launched_kernels(module)
     source = "launched in this process"
     if not rows:  # nothing ran (earlier stages failed): the offline sm_90a compile report instead
         if run.left() - TESTS_RESERVE_S < 60:  # it compiles every config: tens of seconds
@@ -655,8 +640,10 @@ def stage_big(run: Run, data: dict) -> None:
     sync()
     ms = (time.perf_counter() - t0) * 1e3
     extra = torch.cuda.max_memory_allocated() - base - grads if cuda else None
-    tflops = FLOPS["full"] * n * n * d / ms / 1e9
-    data.update(ms=round(ms, 2), tflops=round(tflops, 1), pct_datasheet=round(100 * tflops / DATASHEET_TFLOPS, 1),
+    tflops = bench_loss().FLOPS["full"] * n * n * d / ms / 1e9
+    peak = device_peak_tflops()
+    data.update(ms=round(ms, 2), tflops=round(tflops, 1), peak_tflops=peak, pct_peak=pct(tflops, peak),
+                pct_datasheet=pct(tflops, DATASHEET_TFLOPS),
                 extra_bytes=extra, extra_mib=None if extra is None else round(extra / 2**20, 1),
                 target_bytes=MEMORY_TARGET_BYTES,
                 finite=bool(torch.isfinite(img.grad).all().item() and torch.isfinite(txt.grad).all().item()))
@@ -806,7 +793,8 @@ def _counts(summary) -> str:
 
 def _summary(name: str, d: dict) -> str:
     if name == "env":
-        return (f"{d.get('gpu')} cc {d.get('capability')}, SM {d.get('clocks_sm')}/{d.get('clocks_max_sm')} MHz, "
+        return (f"{d.get('gpu')} cc {d.get('capability')} (dense bf16 peak {_f(d.get('peak_bf16_tflops'), '.0f')} "
+                f"TFLOP/s), SM {d.get('clocks_sm')}/{d.get('clocks_max_sm')} MHz, "
                 f"mem {d.get('clocks_mem')} MHz, {d.get('power_draw')}/{d.get('power_limit')} W; "
                 f"torch {d.get('torch')} CUDA {d.get('cuda')} Triton {d.get('triton')} Python {d.get('python')}")
     if name == "ceilings":
@@ -824,7 +812,8 @@ def _summary(name: str, d: dict) -> str:
     if name in ("loss_32k", "loss_64k"):
         full = d.get("providers", {}).get("fused", {}).get("full", {})
         return (f"fused full {_f(full.get('ms'), '.2f')} ms = {_f(full.get('tflops'))} TFLOP/s, "
-                f"{_f(full.get('pct_datasheet'))}% of {DATASHEET_TFLOPS:.0f}, {_f(full.get('pct_cublas'))}% of cuBLAS; "
+                f"{_f(full.get('pct_peak'))}% of this GPU's peak, {_f(full.get('pct_datasheet'))}% of the "
+                f"H100/H200 datasheet's {DATASHEET_TFLOPS:.0f}, {_f(full.get('pct_cublas'))}% of cuBLAS; "
                 f"x{_f(full.get('x_vs_open_clip'), '.2f')} vs open_clip, "
                 f"x{_f(full.get('x_vs_reference'), '.2f')} vs reference")
     if name == "resources":
@@ -834,7 +823,8 @@ def _summary(name: str, d: dict) -> str:
                 f"spilling {sum(bool(r.get('spills')) for r in rows)}, "
                 f"wgmma in {sum(bool(r.get('wgmma')) for r in rows)}")
     if name == "big_262k":
-        return (f"{_f(d.get('ms'))} ms = {_f(d.get('tflops'))} TFLOP/s; extra memory {_f(d.get('extra_mib'))} MiB "
+        return (f"{_f(d.get('ms'))} ms = {_f(d.get('tflops'))} TFLOP/s ({_f(d.get('pct_peak'))}% of this GPU's "
+                f"peak); extra memory {_f(d.get('extra_mib'))} MiB "
                 f"(target < {MEMORY_TARGET_BYTES / 2**20:.0f} MiB); first call {_f(d.get('first_call_s'), '.1f')} s")
     if name == "profile":
         return ", ".join(f"{c.split(' (')[0]} {v['pct']}%" for c, v in d.get("categories", {}).items())
@@ -879,12 +869,14 @@ def _loss_table(stages: dict) -> list[str]:
             cells = [f"{_f(modes.get(m, {}).get('ms'), '.2f')} / {_f(modes.get(m, {}).get('tflops'), '.0f')}"
                      for m in MODES]
             full = modes.get("full", {})
-            rows.append(f"| {d.get('n')}x{d.get('d')} | {prov} | {' | '.join(cells)} | {_f(full.get('pct_datasheet'))}"
-                        f" / {_f(full.get('pct_cublas'))} | {_f(full.get('x_vs_open_clip'), '.2f')}"
+            rows.append(f"| {d.get('n')}x{d.get('d')} | {prov} | {' | '.join(cells)} | {_f(full.get('pct_peak'))}"
+                        f" / {_f(full.get('pct_datasheet'))} / {_f(full.get('pct_cublas'))}"
+                        f" | {_f(full.get('x_vs_open_clip'), '.2f')}"
                         f" / {_f(full.get('x_vs_reference'), '.2f')} |")
     if not rows:
         return []
-    header = "| N x D | provider | fwd ms / TFLOP/s | bwd | full | full % 989 / % cuBLAS | full x vs open_clip / ref |"
+    header = ("| N x D | provider | fwd ms / TFLOP/s | bwd | full | full % of GPU peak / % of 989 (H100/H200 "
+              "datasheet) / % of cuBLAS | full x vs open_clip / ref |")
     return ["", header,
             "|---|---|---|---|---|---|---|", *rows]
 
@@ -896,7 +888,9 @@ def _kernel_table(d: dict) -> list[str]:
     out = []
     if rows:
         shown = "what runs" if any("chosen" in r for r in rows) else "every config"
-        out += ["", f"kernels ({d.get('source')}; shown: {shown})",
+        compilers = sorted({f"Triton {r['triton']}, ptxas {r.get('ptxas')}" for r in rows if r.get("triton")})
+        out += ["", f"kernels ({d.get('source')}; shown: {shown}"
+                + "".join(f"; compiled with {c}" for c in compilers) + ")",
                 "| kernel | dtype | config | regs | spills | smem B | wgmma |", "|---|---|---|---|---|---|---|"]
         seen = set()
         for r in rows:
