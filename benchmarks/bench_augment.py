@@ -15,7 +15,9 @@ CPU, 4096 on a GPU), batches of 32 (CPU) or 256 (GPU), the device synchronised a
 - dali: our loader with the DALI pipeline (CPU operators without a GPU; when installed).
 Images are the real covid-cxr radiographs (../shared/data) when present, else SynthCXR.
 Each case records images/s (median over rounds, with min/max) and its ratio to torchvision
-measured in the same run.
+measured in the same run; our loader's cases also record its decode fallbacks (batches the
+device decoder failed, by cause, and the files sent back to the workers): a torch_gpu_decode
+figure with fallbacks is not all nvJPEG.
 """
 
 import os
@@ -71,11 +73,14 @@ def _torchvision_batches(manifest, spec):
         yield images.to(DEVICE, non_blocking=True)
 
 
-def _our_batches(manifest, spec, provider):
+def _our_loader(manifest, spec, provider):
     backend = "dali" if provider == "dali" else "torch"
     decode = {"torch": "cpu", "torch_gpu_decode": "gpu"}.get(provider, "auto")
-    loader = ConVIRTLoader(manifest, None, batch_size=BATCH, augment=spec, backend=backend, decode=decode,
-                           device=DEVICE, num_workers=WORKERS)
+    return ConVIRTLoader(manifest, None, batch_size=BATCH, augment=spec, backend=backend, decode=decode,
+                         device=DEVICE, num_workers=WORKERS)
+
+
+def _our_batches(loader):
     try:
         while True:  # epochs roll over without draining the workers
             for batch in loader:
@@ -91,10 +96,12 @@ def test_augment_throughput(benchmark, manifest, provider):
     if provider == "torch_gpu_decode" and not CUDA:
         pytest.skip("GPU decode needs CUDA")
     spec = AugmentSpec()
+    loader = None
     if provider == "torchvision":
         batches = _torchvision_batches(manifest, spec)
     else:
-        batches = _our_batches(manifest, spec, provider)
+        loader = _our_loader(manifest, spec, provider)
+        batches = _our_batches(loader)
     next(batches)  # workers started, first batch through
     counts, rates = [], []
 
@@ -116,5 +123,9 @@ def test_augment_throughput(benchmark, manifest, provider):
                                 images_per_s=round(rate, 1), images_per_s_min=round(min(rates), 1),
                                 images_per_s_max=round(max(rates), 1), batch_size=BATCH, device=str(DEVICE),
                                 workers=WORKERS, source="covid-cxr" if (COVID / "pairs.csv").exists() else "synthcxr")
+    if loader is not None:
+        benchmark.extra_info.update(decode=loader.decode, decode_fallbacks=sum(loader.decode_fallbacks.values()),
+                                    decode_fallback_causes=dict(loader.decode_fallbacks),
+                                    gpu_rejected_files=len(loader.gpu_rejected))
     if provider != "torchvision" and "torchvision" in _rates:
         benchmark.extra_info["speedup_vs_torchvision"] = round(rate / _rates["torchvision"], 2)

@@ -82,16 +82,15 @@ class DataConfig:
     """The image transformation t_v (convirt_fast.data.augment.AugmentSpec)."""
 
     def __post_init__(self) -> None:
+        from convirt_fast.data.image_decode import check_decode
+
         if isinstance(self.augment, dict):
             self.augment = AugmentSpec(**self.augment)
         if self.batch_size < 1 or self.num_workers < 0 or self.max_length < 3:
             raise ValueError("data: batch_size >= 1, num_workers >= 0 and max_length >= 3 required")
         if self.backend not in ("auto", "dali", "torch"):
             raise ValueError(f"data.backend must be auto, dali or torch, got {self.backend!r}")
-        if self.decode not in ("auto", "cpu", "gpu"):
-            raise ValueError(f"data.decode must be auto, cpu or gpu, got {self.decode!r}")
-        if self.decode == "gpu" and self.backend == "dali":
-            raise ValueError("data.decode=gpu is an option of the torch backend (DALI decodes on the GPU by itself)")
+        check_decode(self.decode, self.backend)  # the loader checks the resolved backend the same way
 
 
 @dataclass

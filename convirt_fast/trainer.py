@@ -366,6 +366,7 @@ class Trainer:
                 "mfu": None if mfu is None else round(mfu, 4),
                 "best_validation_loss": None if math.isinf(self.best_val) else round(self.best_val, 4),
                 "skipped_nonfinite": self.skipped_nonfinite, "replaced_images": sum(self.loader.replaced.values()),
+                "decode_fallbacks": sum(self.loader.decode_fallbacks.values()),
                 "stopped_by": stopped_by, "world_size": info.world_size, "parallel": self.parallel}
 
     # -- the end -------------------------------------------------------------------------------
@@ -419,12 +420,15 @@ class Trainer:
 def format_summary(summary: dict) -> str:
     lines = ["", "=" * 72, "convirt_fast run summary", "=" * 72,
              f"steps {summary['steps']} ({summary['steps_this_run']} this run) in {summary['seconds']} s, "
-             f"{summary['pairs_per_s']} pairs/s, {summary['world_size']} rank(s), parallel={summary['parallel']}",
+             f"{summary['pairs_per_s']} pairs/s"
+             + (f" (MFU {100 * summary['mfu']:.1f}%)" if summary.get("mfu") is not None else "")
+             + f", {summary['world_size']} rank(s), parallel={summary['parallel']}",
              f"best validation loss: {summary['best_validation_loss']}; stopped by {summary['stopped_by']}; "
              f"evaluated: {summary.get('evaluated_checkpoint')}"]
-    if summary["skipped_nonfinite"] or summary["replaced_images"]:
+    if summary["skipped_nonfinite"] or summary["replaced_images"] or summary.get("decode_fallbacks"):
         lines.append(f"skipped non-finite steps: {summary['skipped_nonfinite']}; "
-                     f"unreadable images replaced: {summary['replaced_images']}")
+                     f"unreadable images replaced: {summary['replaced_images']}; "
+                     f"batches redone with CPU decoding: {summary.get('decode_fallbacks', 0)}")
     if "retrieval" in summary:
         r = summary["retrieval"]
         lines.append(f"retrieval over {r['candidates']} candidates (chance {r['chance']}):")

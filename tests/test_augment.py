@@ -11,8 +11,8 @@ from scipy import stats
 from convirt_fast.data.augment import AugmentSpec, eval_matrix, sample_params
 from convirt_fast.data.augment_dali import DaliAugmenter, dali_available
 from convirt_fast.data.augment_torch import augment_batch, eval_batch, gaussian_kernels, to_unit_float, warp
-from convirt_fast.data.image_decode import (ImageError, MAX_16BIT, decode_jpegs_on_device, pad_batch, pad_batch_on_device,
-                                            read_encoded, read_image)
+from convirt_fast.data.image_decode import (ImageError, MAX_16BIT, decode_jpegs_on_device, image_size, pad_batch,
+                                            pad_batch_on_device, read_encoded, read_image)
 
 needs_dali = pytest.mark.skipif(not dali_available(), reason="NVIDIA DALI not installed (pip install -e '.[dali]')")
 # A KS or binomial test at this level fails by chance once in 10,000 runs: a real mismatch
@@ -297,10 +297,74 @@ def test_encoded_reads_and_batched_decode_match_the_worker_decode(tmp_path):
     assert max_value == expected_max == MAX_16BIT and torch.equal(canvas, expected)
 
 
+def host_images():
+    """Worker-decoded images of a mixed batch: 8-bit, 16-bit (int32) and 8-bit, odd sizes."""
+    rng = np.random.default_rng(1)
+    return [torch.from_numpy((rng.random((37, 53)) * 255).astype(np.uint8)),
+            torch.from_numpy((rng.random((41, 29)) * 65535).astype(np.int32)),
+            torch.from_numpy((rng.random((13, 61)) * 255).astype(np.uint8))]
+
+
+def as_arrays(images):
+    """`read_image`'s arrays for `host_images`: int32 ones back to uint16."""
+    return [i.numpy().astype(np.uint16) if i.dtype == torch.int32 else i.numpy() for i in images]
+
+
+def test_host_images_reach_the_device_in_one_copy(monkeypatch):
+    import convirt_fast.data.image_decode as image_decode
+
+    copies = []
+    original = image_decode.host_to_device
+    monkeypatch.setattr(image_decode, "host_to_device", lambda x, d: copies.append(x.shape) or original(x, d))
+    images = host_images()
+    canvas, max_value = pad_batch_on_device(images, torch.device("cpu"))
+    expected, _, _, expected_max = pad_batch(as_arrays(images))
+    assert copies == [(sum(i.numel() for i in images),)]
+    assert max_value == expected_max == MAX_16BIT and torch.equal(canvas, expected)
+    eight = [images[0], images[2]]  # no 16-bit image: uint8 canvas
+    canvas, max_value = pad_batch_on_device(eight, torch.device("cpu"))
+    assert canvas.dtype == torch.uint8 and max_value == 255 and torch.equal(canvas, pad_batch(as_arrays(eight))[0])
+
+
+@pytest.mark.gpu
+def test_host_images_go_to_the_gpu_through_pinned_memory(monkeypatch):
+    """One pinned buffer for the batch's worker-decoded images, beside images already there."""
+    import convirt_fast.data.image_decode as image_decode
+
+    pinned = []
+    original = image_decode.host_to_device
+    monkeypatch.setattr(image_decode, "host_to_device", lambda x, d: pinned.append(x.is_pinned()) or original(x, d))
+    images = host_images()
+    on_device = [images[0].cuda(), images[1], images[2]]
+    canvas, _ = pad_batch_on_device(on_device, torch.device("cuda"))
+    torch.cuda.synchronize()
+    expected = pad_batch(as_arrays(images))[0]
+    assert pinned == [True] and canvas.is_cuda and torch.equal(canvas.cpu(), expected)
+
+
+@pytest.mark.parametrize("limit", [30_000, 15_000], ids=["over_the_limit", "over_twice_the_limit"])
+def test_decompression_bomb_limit_is_the_same_for_every_reader(tmp_path, monkeypatch, limit):
+    """PIL warns over Image.MAX_IMAGE_PIXELS and raises over twice that; both are an ImageError
+    with one message whether the image is decoded (workers), its header read for DALI, or its
+    bytes queued for the GPU decoder."""
+    Image.fromarray(np.zeros((200, 200), np.uint8)).save(tmp_path / "large.jpg", quality=90)
+    Image.fromarray(np.zeros((200, 200), np.uint8)).save(tmp_path / "large.png")
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", limit)
+    for path in (tmp_path / "large.jpg", tmp_path / "large.png"):
+        messages = []
+        for reader in (read_image, read_encoded, image_size):
+            with pytest.raises(ImageError, match="could be decompression bomb") as error:
+                reader(path)
+            messages.append(str(error.value))
+        assert len(set(messages)) == 1 and messages[0].startswith(f"{path}: cannot decode image (Image size (40000")
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 40_000)
+    assert read_encoded(tmp_path / "large.jpg")[0].ndim == 1 and image_size(tmp_path / "large.jpg") == (200, 200)
+
+
 @pytest.mark.gpu
 def test_nvjpeg_decode_matches_the_cpu_decode(tmp_path):
     """nvJPEG (batched, on the GPU) against libjpeg-turbo on the same files; a corrupt JPEG in
-    the batch raises RuntimeError (the loader then redoes the batch with CPU decoding)."""
+    the batch raises RuntimeError (the loader then decodes the JPEGs one at a time to find it)."""
     y, x = np.mgrid[0:240, 0:256]
     smooth = (127 + 60 * np.sin(x / 17) * np.cos(y / 23) + (x + y) / 8).clip(0, 255).astype(np.uint8)
     Image.fromarray(smooth).save(tmp_path / "gray.jpg", quality=90)

@@ -222,17 +222,16 @@ def test_epochs_stream_through_one_iterator(synth, tokenizer, monkeypatch):
 
 
 def test_decode_option_is_validated():
+    """One check, one message: the config and the loader refuse the same values alike."""
     from convirt_fast.config import DataConfig
     from convirt_fast.data.loader import resolve_decode
 
-    with pytest.raises(ValueError, match="data.decode"):
-        resolve_decode("nvjpeg", "torch", torch.device("cpu"))
-    with pytest.raises(ValueError, match="data.decode"):
-        DataConfig(decode="nvjpeg")
-    with pytest.raises(ValueError, match="torch backend"):
-        DataConfig(decode="gpu", backend="dali")
-    with pytest.raises(ValueError, match="torch backend"):
-        resolve_decode("gpu", "dali", torch.device("cuda"))
+    for decode, backend, match in [("nvjpeg", "torch", "data.decode must be one of"), ("gpu", "dali", "torch backend")]:
+        with pytest.raises(ValueError, match=match) as from_config:
+            DataConfig(decode=decode, backend=backend)
+        with pytest.raises(ValueError, match=match) as from_loader:
+            resolve_decode(decode, backend, torch.device("cuda"))
+        assert str(from_config.value) == str(from_loader.value)
     assert resolve_decode("auto", "torch", torch.device("cpu")) == "cpu"
     assert resolve_decode("auto", "dali", torch.device("cuda")) == "cpu"  # DALI's own decoder
     assert resolve_decode("cpu", "torch", torch.device("cuda")) == "cpu"
@@ -277,7 +276,7 @@ def test_device_decode_path_matches_worker_decode(synth, tokenizer, tmp_path, de
     manifest, odd_rows, truncated = mixed_formats(synth, tmp_path)
     reference = make(manifest, tokenizer, decode="cpu", drop_last=False, seed=1)
     device = make(manifest, tokenizer, decode="gpu", drop_last=False, seed=1, num_workers=workers)
-    assert device._plan.decode_on_device and not device._plan.augment_in_worker
+    assert device._plan.decode_on_device
     a, b = collect(reference), collect(device)
     assert len(a) == len(b)
     for x, y in zip(a, b):
@@ -286,9 +285,14 @@ def test_device_decode_path_matches_worker_decode(synth, tokenizer, tmp_path, de
     rows = set(torch.cat([x["rows"] for x in b]).tolist())
     assert set(odd_rows[:2]) <= rows and odd_rows[2] not in rows  # PNGs used, truncated replaced
     assert set(device.replaced) == {truncated}
+    # The truncated JPEG never reached the device decoder (no EOI: the worker decoded it).
+    assert not device.decode_fallbacks and not device.gpu_rejected
 
 
-def test_device_decode_failure_redoes_the_batch_on_the_cpu(synth, tokenizer, monkeypatch, device_decode_on_cpu):
+def test_device_decode_failure_redoes_the_batch_on_the_cpu(synth, tokenizer, monkeypatch, device_decode_on_cpu,
+                                                          caplog):
+    """A decoder that rejects everything: each batch is counted under one cause, warned once,
+    its files go to the workers and the batch is the CPU-decoded one."""
     import convirt_fast.data.loader as loader_module
 
     def failing(encoded, device):
@@ -296,9 +300,164 @@ def test_device_decode_failure_redoes_the_batch_on_the_cpu(synth, tokenizer, mon
 
     reference = collect(make(synth, tokenizer, decode="cpu", seed=2), limit=2)
     monkeypatch.setattr(loader_module, "decode_jpegs_on_device", failing)
-    redone = collect(make(synth, tokenizer, decode="gpu", seed=2), limit=2)
+    loader = make(synth, tokenizer, decode="gpu", seed=2)
+    with caplog.at_level("WARNING", logger="convirt_fast.data.loader"):
+        redone = collect(loader, limit=2)
     for x, y in zip(reference, redone):
         assert torch.equal(x["rows"], y["rows"]) and torch.equal(x["images"], y["images"])
+    cause = "GPU decode: Error while decoding JPEG images: nvjpeg status 2"
+    assert loader.decode_fallbacks == {cause: 2} and loader.state_dict()["decode_fallbacks"] == {cause: 2}
+    assert len(loader.gpu_rejected) == 16 and len(caplog.records) == 1 and cause in caplog.text
+
+
+@pytest.mark.parametrize("error", [torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"),
+                                   torch.AcceleratorError("CUDA error: an illegal memory access was encountered")])
+def test_device_failures_are_not_retried_as_decode_failures(synth, tokenizer, monkeypatch, device_decode_on_cpu,
+                                                           error):
+    """Out of memory and CUDA errors (RuntimeErrors too) say nothing about the files: they
+    propagate, from the decoder and from the augmentation after it, with no fallback."""
+    import convirt_fast.data.loader as loader_module
+
+    def failing(*args):
+        raise error
+
+    for name in ("decode_jpegs_on_device", "_augment_torch"):
+        with monkeypatch.context() as patch:
+            patch.setattr(loader_module, name, failing)
+            loader = make(synth, tokenizer, decode="gpu", seed=2)
+            with pytest.raises(type(error)):
+                collect(loader, limit=1)
+            assert not loader.decode_fallbacks and not loader.gpu_rejected
+
+
+def test_augmentation_errors_are_not_decode_failures(synth, tokenizer, monkeypatch, device_decode_on_cpu):
+    import convirt_fast.data.loader as loader_module
+
+    def failing(*args):
+        raise RuntimeError("grid_sampler(): expected 4D input")
+
+    monkeypatch.setattr(loader_module, "_augment_torch", failing)
+    loader = make(synth, tokenizer, decode="gpu", seed=2)
+    with pytest.raises(RuntimeError, match="grid_sampler"):
+        collect(loader, limit=1)
+    assert not loader.decode_fallbacks
+
+
+def with_cmyk_jpeg(synth, tmp_path):
+    """A copy of SynthCXR where one training image is a CMYK JPEG (PIL reads it, nvJPEG does not)."""
+    import numpy as np
+    from PIL import Image
+
+    root = tmp_path / "cmyk"
+    shutil.copytree(synth.root, root)
+    manifest = load_manifest(root)
+    row = manifest.split_indices("train")[0]
+    path = manifest.image_paths(row)[0]
+    gray = np.asarray(Image.open(path))
+    Image.fromarray(np.stack([255 - gray] * 4, -1), "CMYK").save(path, format="JPEG", quality=95)
+    return manifest, row, str(path)
+
+
+@pytest.fixture
+def cmyk_rejecting_decoder(monkeypatch):
+    """The CPU stand-in for nvJPEG, which (like nvJPEG) fails the whole batch on a CMYK JPEG;
+    records the batches it was given."""
+    import io
+
+    from PIL import Image
+
+    import convirt_fast.data.loader as loader_module
+    from convirt_fast.data.image_decode import decode_jpegs_on_device
+
+    calls = []
+
+    def decode(encoded, device):
+        modes = [Image.open(io.BytesIO(e.numpy().tobytes())).mode for e in encoded]
+        calls.append(modes)
+        if "CMYK" in modes:
+            raise RuntimeError("nvjpegDecodeBatchedPhaseOne failed: 7\n(more lines)")
+        return decode_jpegs_on_device(encoded, device)
+
+    monkeypatch.setattr(loader_module, "decode_jpegs_on_device", decode)
+    return calls
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_a_jpeg_the_gpu_rejects_goes_to_the_workers_once(synth, tokenizer, tmp_path, device_decode_on_cpu,
+                                                        cmyk_rejecting_decoder, workers):
+    """The batch with the rejected file is decoded again one JPEG at a time (finding it), read
+    again with it decoded by the worker; later epochs never send it to the device. Batches are
+    those of CPU decoding, epoch after epoch, and the fallback is counted once."""
+    manifest, row, cmyk = with_cmyk_jpeg(synth, tmp_path)
+    reference = make(manifest, tokenizer, decode="cpu", seed=4)
+    expected = collect(reference) + collect(reference)
+    loader = make(manifest, tokenizer, decode="gpu", seed=4, num_workers=workers)
+    got = collect(loader) + collect(loader)
+    assert len(got) == len(expected)
+    for x, y in zip(expected, got):
+        assert torch.equal(x["rows"], y["rows"]) and (x["images"] - y["images"]).abs().max() < 1e-5
+    assert row in torch.cat([b["rows"] for b in got]).tolist()  # used, not replaced
+    assert loader.gpu_rejected == {cmyk} and not loader.replaced
+    assert loader.decode_fallbacks == {"GPU decode: nvjpegDecodeBatchedPhaseOne failed: 7": 1}
+    assert sum("CMYK" in modes for modes in cmyk_rejecting_decoder) == 2  # the batch, then alone
+    loader.close()
+
+
+def test_resume_keeps_the_gpu_rejected_files(synth, tokenizer, tmp_path, device_decode_on_cpu,
+                                             cmyk_rejecting_decoder):
+    manifest, _, cmyk = with_cmyk_jpeg(synth, tmp_path)
+    straight = make(manifest, tokenizer, decode="gpu", seed=4)
+    expected = collect(straight) + collect(straight)
+    first = make(manifest, tokenizer, decode="gpu", seed=4)
+    head = collect(first, limit=len(first) + 1)
+    state = first.state_dict()
+    assert state["gpu_rejected"] == [cmyk] and sum(state["decode_fallbacks"].values()) == 1
+    calls = len(cmyk_rejecting_decoder)
+    resumed = make(manifest, tokenizer, decode="gpu", seed=4)
+    resumed.load_state_dict(state)
+    got = head + collect(resumed)
+    assert len(got) == len(expected)
+    for x, y in zip(expected, got):
+        assert torch.equal(x["rows"], y["rows"]) and torch.equal(x["images"], y["images"])
+    assert not any("CMYK" in modes for modes in cmyk_rejecting_decoder[calls:])
+    assert resumed.decode_fallbacks == first.decode_fallbacks and resumed.gpu_rejected == {cmyk}
+
+
+def test_a_batch_read_before_its_file_was_rejected_is_read_again(synth, tokenizer, tmp_path, device_decode_on_cpu,
+                                                                 cmyk_rejecting_decoder):
+    """A worker may have read a batch (prefetched) with the rejected file's bytes before the
+    rejection: it is read again here, without sending that file to the device nor counting."""
+    manifest, row, cmyk = with_cmyk_jpeg(synth, tmp_path)
+    loader = make(manifest, tokenizer, decode="gpu", seed=4)
+    share = loader.sampler.share(0)
+    b = next(b for b in range(len(loader)) if row in loader.sampler.batch(0, b, share))
+    stale = loader._read_again((0, b))  # read with no file rejected
+    assert cmyk in stale["jpeg_paths"]
+    loader._keys.gpu_rejected = frozenset({cmyk})
+    batch = loader._finish(stale)
+    assert row in batch["rows"].tolist() and not loader.decode_fallbacks
+    assert not any("CMYK" in modes for modes in cmyk_rejecting_decoder)
+
+
+@pytest.mark.parametrize("decode", ["cpu", "gpu"], ids=["worker_decode", "device_decode"])  # "gpu" would skip
+def test_decompression_bomb_limit_on_both_decode_paths(synth, tokenizer, tmp_path, monkeypatch, device_decode_on_cpu,
+                                                       caplog, decode):
+    """An image over PIL's pixel limit is replaced on both paths, with the same message (the
+    device path checks the JPEG header before queueing the bytes)."""
+    import numpy as np
+    from PIL import Image
+
+    root = tmp_path / "bomb"
+    shutil.copytree(synth.root, root)
+    manifest = load_manifest(root)
+    path = manifest.image_paths(manifest.split_indices("train")[0])[0]
+    Image.fromarray(np.zeros((200, 200), np.uint8)).save(path, format="JPEG")
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 30_000)  # 128 x 128 below it, 200 x 200 above (warning range)
+    loader = make(manifest, tokenizer, decode=decode, drop_last=False)
+    with caplog.at_level("WARNING", logger="convirt_fast.data.loader"):
+        collect(loader)
+    assert set(loader.replaced) == {str(path)} and not loader.decode_fallbacks
+    assert f"{path}: cannot decode image (Image size (40000 pixels) exceeds limit of 30000 pixels" in caplog.text
 
 
 @pytest.mark.gpu
@@ -307,7 +466,36 @@ def test_gpu_decode_loader_matches_cpu_decode(synth, tokenizer):
     gpu_loader = make(synth, tokenizer, decode="gpu", device="cuda", seed=3, num_workers=2)
     assert gpu_loader.decode == "gpu"
     gpu = collect(gpu_loader)
+    # Every batch decoded by nvJPEG: a silent fallback to the CPU would pass the comparison.
+    assert not gpu_loader.decode_fallbacks and not gpu_loader.gpu_rejected
+    assert len(cpu) == len(gpu) == len(gpu_loader)
     for x, y in zip(cpu, gpu):
         assert torch.equal(x["rows"], y["rows"]) and y["images"].is_cuda
         # nvJPEG and libjpeg-turbo may round the IDCT differently: a level here and there.
         assert (x["images"] - y["images"]).abs().mean() * 0.226 < 4e-3  # < 1 level of 255
+
+
+@pytest.mark.gpu
+def test_gpu_rejected_jpeg_goes_to_the_workers_on_cuda(synth, tokenizer, tmp_path):
+    """The real nvJPEG on a CMYK JPEG: found once, decoded by the workers from then on, the
+    other JPEGs still decoded on the GPU; batches as with CPU decoding."""
+    import numpy as np
+
+    from convirt_fast.data.image_decode import decode_jpegs_on_device
+
+    manifest, _, cmyk = with_cmyk_jpeg(synth, tmp_path)
+    try:
+        decode_jpegs_on_device([torch.from_numpy(np.fromfile(cmyk, dtype=np.uint8))], torch.device("cuda"))
+        pytest.skip("this nvJPEG decodes CMYK JPEGs")
+    except RuntimeError:
+        pass
+    reference = make(manifest, tokenizer, decode="cpu", device="cuda", seed=3)
+    cpu = collect(reference) + collect(reference)
+    loader = make(manifest, tokenizer, decode="gpu", device="cuda", seed=3, num_workers=2)
+    gpu = collect(loader) + collect(loader)
+    assert sum(loader.decode_fallbacks.values()) == 1 and loader.gpu_rejected == {cmyk} and not loader.replaced
+    assert len(cpu) == len(gpu)
+    for x, y in zip(cpu, gpu):
+        assert torch.equal(x["rows"], y["rows"])
+        assert (x["images"] - y["images"]).abs().mean() * 0.226 < 4e-3
+    loader.close()

@@ -6,8 +6,8 @@ Gaussian blur (a grouped separable convolution) follow. It is the fallback where
 installed and the reference the DALI pipeline is checked against.
 
 The per-sample parameters arrive on the CPU; they go to a CUDA device through pinned memory
-with non-blocking copies (`_to_device`), so augmenting a batch never makes the host wait for
-the GPU (a pageable copy would wait for the training step queued before it).
+with non-blocking copies (`image_decode.host_to_device`), so augmenting a batch never makes the
+host wait for the GPU (a pageable copy would wait for the training step queued before it).
 """
 
 from __future__ import annotations
@@ -16,14 +16,12 @@ import torch
 import torch.nn.functional as F
 
 from convirt_fast.data.augment import AugmentParams, AugmentSpec
+from convirt_fast.data.image_decode import host_to_device
 
 
-def _to_device(values: torch.Tensor, device: torch.device, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    """A small CPU tensor on `device` without a host-device synchronisation."""
-    values = values.to(dtype)
-    if device.type == "cuda" and values.device.type == "cpu":
-        return values.pin_memory().to(device, non_blocking=True)
-    return values.to(device)
+def _to_device(values: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """Small float32 parameters on the images' device (`host_to_device`: no host wait)."""
+    return host_to_device(values.to(torch.float32), device)
 
 
 def to_unit_float(images: torch.Tensor, max_value: float) -> torch.Tensor:

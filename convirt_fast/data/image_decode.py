@@ -4,11 +4,13 @@ Two places decode: DataLoader workers (`read_image`: PIL, any format, 8 or 16 bi
 through pydicom in `dicom.py`), or, with
 `data.decode=gpu`, the main process on the GPU (`decode_jpegs_on_device`: torchvision's batched
 nvJPEG) for the JPEGs whose bytes the workers read (`read_encoded`); `pad_batch` and
-`pad_batch_on_device` put either result on one zero canvas.
+`pad_batch_on_device` put either result on one zero canvas. Every reader applies PIL's
+decompression-bomb limit (`Image.MAX_IMAGE_PIXELS`, from the header) with the same error.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import io
 import warnings
@@ -27,9 +29,39 @@ _JPEG_SOI = b"\xff\xd8"
 _JPEG_EOI = b"\xff\xd9"
 _JPEG_TAIL = 64  # EOI may be followed by a little padding
 
+DECODES = ("auto", "cpu", "gpu")
+"""Values of data.decode (see `check_decode`; the loader's `resolve_decode` picks one)."""
+
 
 class ImageError(ValueError):
     """An image that cannot be used; the message names the file and the problem."""
+
+
+def check_decode(decode: str, backend: str) -> None:
+    """The one check of data.decode, for DataConfig and the loader: one of DECODES, and gpu only
+    with the torch backend (DALI decodes by itself)."""
+    if decode not in DECODES:
+        raise ValueError(f"data.decode must be one of {DECODES}, got {decode!r}")
+    if decode == "gpu" and backend == "dali":
+        raise ValueError("data.decode=gpu is an option of the torch backend; DALI decodes by itself (nvJPEG on a "
+                         "GPU): use data.backend=torch, or data.decode=auto with DALI")
+
+
+@contextlib.contextmanager
+def _open(path: Path, source: io.BytesIO | None = None):
+    """`Image.open(source or path)` with PIL's decompression-bomb limit as an ImageError.
+
+    PIL checks the header's size against Image.MAX_IMAGE_PIXELS when it opens a file: over the
+    limit it warns, over twice the limit it raises. Both are refused here, with one message, so
+    the worker decode, the header reads for DALI and for the GPU decoder all reject the same
+    files (a decoder that skipped the check would decode what the others refuse)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        try:
+            with Image.open(path if source is None else source) as image:
+                yield image
+        except (Image.DecompressionBombWarning, Image.DecompressionBombError) as error:
+            raise ImageError(f"{path}: cannot decode image ({error})") from None
 
 
 def read_image(path: str | Path) -> np.ndarray:
@@ -41,29 +73,29 @@ def read_image(path: str | Path) -> np.ndarray:
     if is_dicom(path):
         return read_dicom(path)
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path) as image:
-                image.load()  # decode fully here, so truncated files fail here
-                if image.mode in ("I;16", "I;16B", "I;16L", "I;16N"):
-                    return np.asarray(image, dtype=np.uint16)
-                if image.mode == "I":  # 32-bit container, e.g. some 16-bit PNGs
-                    return np.asarray(image).clip(0, 65535).astype(np.uint16)
-                if image.mode != "L":
-                    image = image.convert("L")
-                return np.asarray(image, dtype=np.uint8)
+        with _open(path) as image:
+            image.load()  # decode fully here, so truncated files fail here
+            if image.mode in ("I;16", "I;16B", "I;16L", "I;16N"):
+                return np.asarray(image, dtype=np.uint16)
+            if image.mode == "I":  # 32-bit container, e.g. some 16-bit PNGs
+                return np.asarray(image).clip(0, 65535).astype(np.uint16)
+            if image.mode != "L":
+                image = image.convert("L")
+            return np.asarray(image, dtype=np.uint8)
+    except ImageError:
+        raise
     except FileNotFoundError:
         raise ImageError(f"{path}: image file not found") from None
     except UnidentifiedImageError:
         raise ImageError(f"{path}: not a readable image (corrupt or unknown format)") from None
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombWarning) as error:
+    except (OSError, SyntaxError, ValueError) as error:
         raise ImageError(f"{path}: cannot decode image ({error})") from None
 
 
 def image_size(path: str | Path) -> tuple[int, int]:
-    """(height, width) from the header only."""
+    """(height, width) from the header only; ImageError over the decompression-bomb limit."""
     try:
-        with Image.open(path) as image:
+        with _open(Path(path)) as image:
             width, height = image.size
             return height, width
     except FileNotFoundError:
@@ -104,7 +136,8 @@ def read_encoded(path: str | Path) -> tuple[np.ndarray, int, int]:
     """For device decoding: (encoded bytes, height, width) of a complete JPEG, or (pixels,
     height, width) decoded here for anything else (PNG, 16-bit, DICOM-derived, a JPEG that
     looks truncated). Encoded bytes are a 1-D uint8 array; pixels `read_image`'s 2-D uint8 or
-    uint16 array. Raises ImageError for what cannot be used, as `read_image`."""
+    uint16 array. Raises ImageError for what cannot be used, as `read_image` (a JPEG over the
+    decompression-bomb limit too, from its header, with `read_image`'s message)."""
     path = Path(path)
     try:
         data = np.fromfile(path, dtype=np.uint8)
@@ -114,10 +147,12 @@ def read_encoded(path: str | Path) -> tuple[np.ndarray, int, int]:
         raise ImageError(f"{path}: cannot read ({error})") from None
     if is_complete_jpeg(data):
         try:
-            with Image.open(io.BytesIO(data.tobytes())) as image:  # header only
+            with _open(path, io.BytesIO(data.tobytes())) as image:  # header only
                 width, height = image.size
                 if image.format == "JPEG":
                     return data, height, width
+        except ImageError:
+            raise  # over the size limit
         except (UnidentifiedImageError, OSError, SyntaxError, ValueError):
             pass  # the full decode below names the problem
     pixels = read_image(path)
@@ -172,16 +207,40 @@ def gpu_decode_status(device: str) -> str | None:
     return None
 
 
+def host_to_device(values: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A CPU tensor on `device` without making the host wait: on CUDA through pinned memory
+    (pinned here unless it already is) with a non-blocking copy. A copy from pageable memory
+    waits for the work queued before it (the training step); the caching host allocator keeps
+    the pinned block until the copy is done, so the caller may drop it at once."""
+    if device.type == "cuda" and values.device.type == "cpu":
+        if not values.is_pinned():
+            values = values.pin_memory()
+        return values.to(device, non_blocking=True)
+    return values.to(device)
+
+
 def pad_batch_on_device(images: list[torch.Tensor], device: torch.device) -> tuple[torch.Tensor, float]:
     """`pad_batch` for 2-D tensors already decoded (on the device or not): (B, 1, Hmax, Wmax)
     on `device`, uint8, or int32 when any image is 16-bit (int32 input; 8-bit ones then x 257),
-    and the value that maps to 1.0."""
+    and the value that maps to 1.0. The images still on the host (decoded by the workers) go
+    over in one copy: packed into one buffer, pinned from the start on CUDA."""
     sixteen = any(image.dtype == torch.int32 for image in images)
+    dtype = torch.int32 if sixteen else torch.uint8
     height = max(int(image.shape[0]) for image in images)
     width = max(int(image.shape[1]) for image in images)
-    canvas = torch.zeros(len(images), 1, height, width, dtype=torch.int32 if sixteen else torch.uint8, device=device)
-    for i, image in enumerate(images):
-        image = image.to(device, non_blocking=True)
+    canvas = torch.zeros(len(images), 1, height, width, dtype=dtype, device=device)
+    on_host = [i for i, image in enumerate(images) if image.device.type == "cpu"]
+    placed = {i: image for i, image in enumerate(images) if image.device.type != "cpu"}
+    if on_host:
+        sizes = [images[i].numel() for i in on_host]
+        packed = torch.empty(sum(sizes), dtype=dtype, pin_memory=device.type == "cuda")
+        for i, piece in zip(on_host, packed.split(sizes)):
+            piece = piece.view(images[i].shape).copy_(images[i])
+            if sixteen and images[i].dtype == torch.uint8:
+                piece.mul_(257)
+        for i, piece in zip(on_host, host_to_device(packed, device).split(sizes)):
+            placed[i] = piece.view(images[i].shape)
+    for i, image in placed.items():
         if sixteen and image.dtype == torch.uint8:
             image = image.to(torch.int32) * 257
         canvas[i, 0, : image.shape[0], : image.shape[1]] = image

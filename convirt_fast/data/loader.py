@@ -14,8 +14,11 @@ sample sentences, tokenize and draw the augmentation parameters; the main proces
 batch's JPEGs on the GPU (`decode="gpu"`: torchvision's batched nvJPEG; other formats were
 decoded by the worker) and runs the augmentation on the device (torch backend), or runs the
 DALI pipeline. An image that cannot be read is replaced by another study, counted and
-reported, never a crash; a batch the GPU decoder rejects is redone with CPU decoding, which
-finds and replaces the bad file.
+reported, never a crash. A batch the GPU decoder rejects is decoded again one JPEG at a time
+on the device to find the files it rejects (CMYK, 12-bit, a subsampling nvJPEG lacks, corrupt
+data): those are decoded by the workers from then on (`gpu_rejected`, sent with every batch
+key) and the batch is read again with them; each fallback is counted by cause
+(`decode_fallbacks`, warned once per cause). A batch DALI rejects is redone with CPU decoding.
 
 Training loaders keep their workers busy across epoch boundaries: the DataLoader's sampler is
 an endless stream of (epoch, batch) keys, so the next epoch's first batches are prefetched
@@ -39,16 +42,18 @@ from torch.utils.data import DataLoader, Dataset
 from convirt_fast.data.augment import AugmentSpec, eval_matrix, sample_params
 from convirt_fast.data.augment_dali import DaliAugmenter, dali_available
 from convirt_fast.data.augment_torch import augment_batch, eval_batch, to_unit_float
-from convirt_fast.data.image_decode import (ImageError, decode_jpegs_on_device, gpu_decode_status, image_size,
-                                            pad_batch, pad_batch_on_device, read_encoded, read_image)
+from convirt_fast.data.image_decode import (ImageError, check_decode, decode_jpegs_on_device, gpu_decode_status,
+                                            image_size, pad_batch, pad_batch_on_device, read_encoded, read_image)
 from convirt_fast.data.study_sampler import StudySampler, derive_seed
 
 log = logging.getLogger(__name__)
 
 BACKENDS = ("auto", "dali", "torch")
-DECODES = ("auto", "cpu", "gpu")
 # Unreadable images in a row before a batch gives up (then the data set is mostly broken).
 _MAX_REPLACEMENTS = 16
+# Failures of the device, not of a file (they are RuntimeErrors too): never retried as a
+# decoding problem.
+_DEVICE_ERRORS = (torch.OutOfMemoryError, torch.AcceleratorError)
 
 
 def resolve_backend(backend: str, device: torch.device) -> str:
@@ -67,14 +72,10 @@ def resolve_decode(decode: str, backend: str, device: torch.device) -> str:
     the main process). auto: gpu when the backend is torch, the device is CUDA and torchvision
     decodes there, else cpu. An explicit gpu that cannot be honoured raises (no silent
     fallback); with the DALI backend, decoding is DALI's own (nvJPEG on a GPU)."""
-    if decode not in DECODES:
-        raise ValueError(f"data.decode must be one of {DECODES}, got {decode!r}")
+    check_decode(decode, backend)
     if decode == "cpu" or (decode == "auto" and (backend != "torch" or device.type != "cuda")):
         return "cpu"
     if decode == "gpu":
-        if backend != "torch":
-            raise ValueError(f"data.decode=gpu is an option of the torch backend; data.backend={backend} decodes "
-                             f"by itself (DALI: nvJPEG on a GPU). Use data.decode=auto with DALI")
         if device.type != "cuda":
             raise ValueError(f"data.decode=gpu needs a CUDA device, the loader runs on {device}; "
                              f"use data.decode=auto (GPU decode where possible) or cpu")
@@ -104,8 +105,9 @@ class _BatchPlan:
 
 
 class _EpochBatches(Dataset):
-    """Item (epoch, b): batch b of that epoch. One dataset (and, with workers, one set of
-    persistent worker processes) serves every epoch."""
+    """Item (epoch, b, gpu_rejected): batch b of that epoch, the JPEGs in gpu_rejected decoded
+    here even with decode_on_device. One dataset (and, with workers, one set of persistent
+    worker processes) serves every epoch."""
 
     def __init__(self, plan: _BatchPlan):
         self.plan = plan
@@ -122,11 +124,14 @@ class _EpochBatches(Dataset):
             self._index = SentenceIndex.load(self.plan.sentence_index)
         return self._index
 
-    def _read(self, row: int, epoch: int):
+    def _path(self, row: int, epoch: int) -> str:
         plan = self.plan
         paths = plan.images[row]
-        path = paths[plan.sampler.image_choice(epoch, row, len(paths)) if plan.train else 0]
-        if plan.decode_on_device:
+        return paths[plan.sampler.image_choice(epoch, row, len(paths)) if plan.train else 0]
+
+    def _read(self, path: str, gpu_rejected: frozenset[str]):
+        plan = self.plan
+        if plan.decode_on_device and path not in gpu_rejected:
             return read_encoded(path)
         if plan.read_bytes:
             height, width = image_size(path)
@@ -144,15 +149,17 @@ class _EpochBatches(Dataset):
             self._share_epoch = epoch
         return self._share
 
-    def __getitem__(self, key: tuple[int, int]) -> dict:
+    def __getitem__(self, key: tuple[int, int, frozenset[str]]) -> dict:
         plan = self.plan
-        epoch, b = key
-        rows, items, problems = [], [], []
+        epoch, b, gpu_rejected = key
+        rows, items, paths, problems = [], [], [], []
         for row in plan.sampler.batch(epoch, b, self._epoch_share(epoch)):
             for attempt in range(_MAX_REPLACEMENTS + 1):
                 try:
-                    items.append(self._read(row, epoch))
+                    path = self._path(row, epoch)
+                    items.append(self._read(path, gpu_rejected))
                     rows.append(row)
+                    paths.append(path)
                     break
                 except ImageError as error:
                     problems.append((row, str(error)))
@@ -161,7 +168,7 @@ class _EpochBatches(Dataset):
                 raise RuntimeError(f"{_MAX_REPLACEMENTS + 1} unreadable images in a row; last: {problems[-1][1]}")
         heights = torch.tensor([h for _, h, _ in items])
         widths = torch.tensor([w for _, _, w in items])
-        out: dict = {"key": key, "rows": torch.tensor(rows), "problems": problems}
+        out: dict = {"key": (epoch, b), "rows": torch.tensor(rows), "problems": problems}
         if plan.train:
             generator = torch.Generator().manual_seed(derive_seed(plan.sampler.seed, epoch, plan.sampler.rank, b))
             out["params"] = sample_params(heights, widths, plan.spec, generator)
@@ -178,6 +185,7 @@ class _EpochBatches(Dataset):
                                                  else np.zeros(0, np.uint8))
             out["jpeg_lengths"] = [int(items[i][0].size) for i in jpegs]
             out["jpeg_index"] = jpegs
+            out["jpeg_paths"] = [paths[i] for i in jpegs]
             out["decoded"] = {i: data for i, (data, _, _) in enumerate(items) if data.ndim == 2}
             out["sizes"] = [(h, w) for _, h, w in items]
         else:
@@ -205,12 +213,16 @@ def _no_collate(batch):
 
 
 class _KeyStream:
-    """The DataLoader's sampler: (epoch, batch) keys from `start` on; with `endless`, epoch
-    after epoch (workers prefetch across epoch boundaries), else to the end of that epoch."""
+    """The DataLoader's sampler: (epoch, batch, gpu_rejected) keys from `start` on; with
+    `endless`, epoch after epoch (workers prefetch across epoch boundaries), else to the end of
+    that epoch. It runs in the main process as batches are requested, so each key carries the
+    loader's gpu_rejected of that moment to the worker that reads the batch (keys already
+    handed out carry an older one)."""
 
     def __init__(self, batches_per_epoch: int, endless: bool):
         self.batches_per_epoch, self.endless = batches_per_epoch, endless
         self.start = (0, 0)
+        self.gpu_rejected: frozenset[str] = frozenset()
 
     def __iter__(self):
         epoch, b = self.start
@@ -219,7 +231,7 @@ class _KeyStream:
                 if not self.endless:
                     return
                 epoch, b = epoch + 1, 0
-            yield epoch, b
+            yield epoch, b, self.gpu_rejected
             b += 1
 
 
@@ -260,18 +272,18 @@ class ConVIRTLoader:
         images = [[str(p) for p in manifest.image_paths(i)] for i in range(len(manifest))]
         # On a CPU the workers run the batched augmentation too, overlapping it with the step;
         # on a GPU it runs on the device, in the main process.
-        decode_on_device = self.decode == "gpu"
-        augment_in_worker = (self.backend == "torch" and self.device.type == "cpu" and num_workers > 0
-                             and not decode_on_device)
+        augment_in_worker = self.backend == "torch" and self.device.type == "cpu" and num_workers > 0
         self._plan = _BatchPlan(images, str(index_path), sampler, self.spec, train,
                                 read_bytes=self.backend == "dali", tokenizer=tokenizer, max_length=max_length,
-                                augment_in_worker=augment_in_worker, decode_on_device=decode_on_device)
+                                augment_in_worker=augment_in_worker, decode_on_device=self.decode == "gpu")
         self.sampler = sampler
         self.epoch = 0
         self.position = 0  # next batch index within the epoch
         self.replaced: Counter = Counter()  # unreadable file -> times replaced
+        self.decode_fallbacks: Counter = Counter()  # cause -> batches the device decoder (GPU or DALI) failed
         self._dali = None
         self._keys = _KeyStream(sampler.num_batches(), endless=train)  # the DataLoader's sampler
+        self._main_reader: _EpochBatches | None = None  # reads a batch again in this process
         self._loader = None
         self._live = None  # the DataLoader iterator, kept across epochs and `for` loops
         self._live_next: tuple[int, int] | None = None  # the key it delivers next
@@ -280,6 +292,11 @@ class ConVIRTLoader:
 
     def __len__(self) -> int:
         return self.sampler.num_batches()
+
+    @property
+    def gpu_rejected(self) -> frozenset[str]:
+        """JPEGs the GPU decoder failed on: decoded by the workers (PIL) from then on."""
+        return self._keys.gpu_rejected
 
     def __iter__(self):
         """The rest of the current epoch; at its end the loader moves to the next epoch."""
@@ -326,29 +343,33 @@ class ConVIRTLoader:
         self._live, self._live_next, self._loader = None, None, None
 
     def _finish(self, raw: dict) -> dict:
-        for row, message in raw.pop("problems"):
-            path = message.split(":")[0]
-            if self.replaced[path] == 0:
-                log.warning("skipping unreadable image (study row %d replaced): %s", row, message)
-            self.replaced[path] += 1
-        if "encoded" in raw or "jpeg_bytes" in raw:  # DALI, or JPEG bytes for the GPU decoder
+        problems = raw.pop("problems")
+        if "encoded" in raw:  # DALI
             try:
-                images = self._run_dali(raw) if "encoded" in raw else self._decode_and_augment(raw)
+                images = self._run_dali(raw)
+            except _DEVICE_ERRORS:
+                raise
             except RuntimeError as error:
                 # A file that passed the header checks but does not decode (a corrupt JPEG):
                 # redo this batch with CPU decoding, whose full decode finds and replaces it.
-                log.warning("%s decoding failed on batch %s (epoch, index), redoing it with CPU decoding: %s",
-                            "DALI" if self.backend == "dali" else "GPU", raw["key"],
-                            str(error).splitlines()[0] if str(error) else repr(error))
+                self._count_fallback(f"DALI: {_first_line(error)}", raw["key"], "redoing it with CPU decoding")
                 self._dali = None
-                plan = dataclasses.replace(self._plan, read_bytes=False, decode_on_device=False,
-                                           augment_in_worker=False)
-                return self._finish(_EpochBatches(plan)[raw["key"]])
+                plan = dataclasses.replace(self._plan, read_bytes=False)
+                return self._finish(_EpochBatches(plan)[(*raw["key"], frozenset())])
+        elif "jpeg_bytes" in raw:  # JPEG bytes for the GPU decoder
+            images = self._decode_and_augment(raw)
+            if images is None:  # files newly in gpu_rejected: read the batch again (its problems with it)
+                return self._finish(self._read_again(raw["key"]))
         elif "images" in raw:  # augmented in the worker (CPU training)
             images = raw["images"]
         else:
             pixels = raw.pop("pixels").to(self.device, non_blocking=True)
             images = _augment_torch(pixels, raw.pop("max_value"), raw, self._plan)
+        for row, message in problems:
+            path = message.split(":")[0]
+            if self.replaced[path] == 0:
+                log.warning("skipping unreadable image (study row %d replaced): %s", row, message)
+            self.replaced[path] += 1
         batch = {"images": images, "rows": raw["rows"]}
         if "input_ids" in raw:
             batch["input_ids"] = raw["input_ids"].to(self.device, non_blocking=True)
@@ -356,23 +377,77 @@ class ConVIRTLoader:
             batch["sentences"] = raw["sentences"]
         return batch
 
-    def _decode_and_augment(self, raw: dict) -> torch.Tensor:
-        """decode="gpu": the batch's JPEGs in one nvJPEG call, then the torch augmentation."""
+    def _decode_and_augment(self, raw: dict) -> torch.Tensor | None:
+        """decode="gpu": the batch's JPEGs in one nvJPEG call, then the torch augmentation. None
+        when the batch must be read again: a JPEG in it is in gpu_rejected (newly found, or
+        rejected after a worker read it)."""
         sizes = raw.pop("sizes")
         pixels: list = [None] * len(sizes)
         for i, array in raw.pop("decoded").items():  # decoded by the worker
             pixels[i] = torch.from_numpy(array.astype(np.int32) if array.dtype == np.uint16
                                          else np.require(array, requirements=["C", "W"]))
         jpegs, lengths, data = raw.pop("jpeg_index"), raw.pop("jpeg_lengths"), raw.pop("jpeg_bytes")
+        paths = raw.pop("jpeg_paths")
         if jpegs:
+            if not self.gpu_rejected.isdisjoint(paths):  # read (prefetched) before they were rejected
+                return None
             encoded = list(torch.split(data, lengths))  # views of the (pinned) buffer
-            for i, image in zip(jpegs, decode_jpegs_on_device(encoded, self.device)):
+            decoded = self._decode_jpegs(encoded, paths, [sizes[i] for i in jpegs], raw["key"])
+            if decoded is None:
+                return None
+            for i, image in zip(jpegs, decoded):
                 pixels[i] = image
-        for (height, width), image in zip(sizes, pixels):
-            if tuple(image.shape) != (height, width):  # the parameters were drawn for the header's size
-                raise RuntimeError(f"decoded {tuple(image.shape)}, header says {(height, width)}")
         canvas, max_value = pad_batch_on_device(pixels, self.device)
         return _augment_torch(canvas, max_value, raw, self._plan)
+
+    def _decode_jpegs(self, encoded: list[torch.Tensor], paths: list[str], sizes: list[tuple[int, int]],
+                      key: tuple[int, int]) -> list[torch.Tensor] | None:
+        """The JPEGs decoded on the device in one call, each of its header's size (the
+        augmentation parameters were drawn for it). When the call fails, the JPEGs are decoded
+        one at a time to find those at fault: they join gpu_rejected and None is returned;
+        when none is at fault, the single decodes are the result. Out-of-memory and CUDA
+        errors propagate: they say nothing about the files."""
+        try:
+            images = decode_jpegs_on_device(encoded, self.device)
+            cause = None if [tuple(i.shape) for i in images] == sizes else "decoded size differs from the header"
+        except _DEVICE_ERRORS:
+            raise
+        except RuntimeError as error:
+            cause = _first_line(error)
+        if cause is None:
+            return images
+        images, rejected = [], []
+        for data, path, size in zip(encoded, paths, sizes):
+            try:
+                (image,) = decode_jpegs_on_device([data], self.device)
+                if tuple(image.shape) == size:
+                    images.append(image)
+                    continue
+            except _DEVICE_ERRORS:
+                raise
+            except RuntimeError:
+                pass
+            rejected.append(path)
+        if not rejected:
+            self._count_fallback(f"GPU decode: {cause}", key, "no file at fault, the JPEGs decoded one at a time")
+            return images
+        self._count_fallback(f"GPU decode: {cause}", key, f"decoding {len(rejected)} file(s) in the workers "
+                             f"from now on (loader.gpu_rejected), e.g. {rejected[0]}")
+        log.info("JPEGs the GPU decoder rejects, decoded by the workers from now on: %s", rejected)
+        self._keys.gpu_rejected = self.gpu_rejected | frozenset(rejected)
+        return None
+
+    def _count_fallback(self, cause: str, key: tuple[int, int], action: str) -> None:
+        if self.decode_fallbacks[cause] == 0:
+            log.warning("%s on batch %s (epoch, index): %s (warned once per cause; loader.decode_fallbacks "
+                        "counts them)", cause, key, action)
+        self.decode_fallbacks[cause] += 1
+
+    def _read_again(self, key: tuple[int, int]) -> dict:
+        """Batch `key` read in this process, with the current gpu_rejected."""
+        if self._main_reader is None:
+            self._main_reader = _EpochBatches(self._plan)
+        return self._main_reader[(*key, self.gpu_rejected)]
 
     def _run_dali(self, raw: dict) -> torch.Tensor:
         if self._dali is None:
@@ -391,7 +466,8 @@ class ConVIRTLoader:
         s = self.sampler
         return {"epoch": self.epoch, "position": self.position, "seed": s.seed, "rank": s.rank,
                 "world_size": s.world_size, "num_rows": len(s.rows), "batch_size": s.batch_size,
-                "replaced": dict(self.replaced)}
+                "replaced": dict(self.replaced), "decode_fallbacks": dict(self.decode_fallbacks),
+                "gpu_rejected": sorted(self.gpu_rejected)}
 
     def load_state_dict(self, state: dict) -> None:
         s = self.sampler
@@ -401,3 +477,9 @@ class ConVIRTLoader:
             raise ValueError(f"loader state from another setup (saved, now): {different}")
         self.epoch, self.position = int(state["epoch"]), int(state["position"])
         self.replaced = Counter(state.get("replaced", {}))
+        self.decode_fallbacks = Counter(state.get("decode_fallbacks", {}))
+        self._keys.gpu_rejected = frozenset(state.get("gpu_rejected", ()))
+
+
+def _first_line(error: Exception) -> str:
+    return str(error).splitlines()[0] if str(error) else repr(error)
