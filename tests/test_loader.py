@@ -177,6 +177,32 @@ def test_backends_agree_on_the_same_images(covid, tokenizer):
     assert abs(t_all.mean() - d_all.mean()) < 0.01 and abs(t_all.std() - d_all.std()) < 0.01
 
 
+@pytest.mark.skipif(not dali_available(), reason="DALI not installed")
+def test_dali_failures_fall_back_per_batch_counted_and_rebuild_once(synth, tokenizer, monkeypatch):
+    """A DALI error redoes that batch with CPU decoding (same rows, images from the torch path),
+    is counted and warned once per cause, and the pipeline is rebuilt once, not after every failure."""
+    import convirt_fast.data.loader as loader_module
+
+    built = []
+
+    class FailingDali:
+        def __init__(self, *args, **kwargs):
+            built.append(1)
+
+        def __call__(self, *args, **kwargs):
+            raise RuntimeError("[/pipeline] Error in thread 0: nvJPEG failed to decode")
+
+    monkeypatch.setattr(loader_module, "DaliAugmenter", FailingDali)
+    expected = collect(make(synth, tokenizer, backend="torch", seed=3))
+    loader = make(synth, tokenizer, backend="dali", seed=3)
+    batches = collect(loader)
+    assert len(batches) == len(expected) >= 3
+    for got, want in zip(batches, expected):
+        assert torch.equal(got["rows"], want["rows"]) and torch.allclose(got["images"], want["images"])
+    assert dict(loader.decode_fallbacks) == {"DALI: [/pipeline] Error in thread 0: nvJPEG failed to decode": len(batches)}
+    assert len(built) == 2  # the first pipeline and one rebuild
+
+
 def test_evaluation_order_and_transform(synth, tokenizer):
     loader = make(synth, tokenizer, split="validate", train=False, batch_size=4)
     batches = collect(loader)

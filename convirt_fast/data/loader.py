@@ -282,6 +282,7 @@ class ConVIRTLoader:
         self.replaced: Counter = Counter()  # unreadable file -> times replaced
         self.decode_fallbacks: Counter = Counter()  # cause -> batches the device decoder (GPU or DALI) failed
         self._dali = None
+        self._dali_rebuilt = False
         self._keys = _KeyStream(sampler.num_batches(), endless=train)  # the DataLoader's sampler
         self._main_reader: _EpochBatches | None = None  # reads a batch again in this process
         self._loader = None
@@ -353,7 +354,8 @@ class ConVIRTLoader:
                 # A file that passed the header checks but does not decode (a corrupt JPEG):
                 # redo this batch with CPU decoding, whose full decode finds and replaces it.
                 self._count_fallback(f"DALI: {_first_line(error)}", raw["key"], "redoing it with CPU decoding")
-                self._dali = None
+                if not self._dali_rebuilt:  # once, in case the error left the pipeline unusable; a
+                    self._dali, self._dali_rebuilt = None, True  # corrupt file does not, so no more
                 plan = dataclasses.replace(self._plan, read_bytes=False)
                 return self._finish(_EpochBatches(plan)[(*raw["key"], frozenset())])
         elif "jpeg_bytes" in raw:  # JPEG bytes for the GPU decoder
