@@ -225,3 +225,123 @@ def test_prepare_csv_covid_cxr_end_to_end(shared_data, tmp_path):
     for i in range(0, len(m), 37):
         with Image.open(m.image_paths(i)[0]) as im:
             assert max(im.size) <= 256
+
+
+MULTI = "FINDINGS:\nThe heart is normal in size.\r\nThe lungs are clear, no effusion.\n\nIMPRESSION:\nNo acute process."
+
+
+def _lines(path):
+    """The file's physical lines as an editor shows them (split on \\n; no lone \\r is written)."""
+    return path.read_bytes().split(b"\n")
+
+
+def test_prepare_csv_rejects_name_the_line_where_the_record_starts(tmp_path):
+    """Renamed columns, multi-line quoted reports before and after every bad record: each reject
+    names the physical line where its record starts, its image, study and patient ids."""
+    img = tmp_path / "img"
+    img.mkdir()
+    for i in range(8):
+        (img / f"g{i}.jpg").write_bytes(jpeg_bytes(64, 64, seed=i))
+    (img / "trunc.jpg").write_bytes(jpeg_bytes(400, 320)[:500])
+    (img / "zero.jpg").write_bytes(b"")
+    good = iter(range(100))
+
+    def ok():  # a good record with a multi-line report
+        i = next(good)
+        return [f"G{i}", f"img/g{i % 8}.jpg", f"mrn{i}", MULTI.replace("normal", f"normal {i}"), "1"]
+
+    # (accession, image, mrn, report, label) -> the reason expected, None for a good record
+    plan = [
+        (ok(), None), (ok(), None),
+        (["B-empty", "img/g0.jpg", "mrn-e", "", "0"], R.EMPTY_REPORT),
+        (ok(), None),
+        (["B-space", "img/g1.jpg", "mrn-s", " \n\t\r\n ", "0"], R.EMPTY_REPORT),
+        (["B-short", "img/g2.jpg", "mrn-n", "FINDINGS:\nClear.\n\nIMPRESSION:\nNormal.", "0"], R.NO_SENTENCE),
+        (ok(), None),
+        (["B-missing", "img/nowhere.jpg", "mrn-m", MULTI, "1"], R.MISSING_IMAGE),
+        (ok(), None),
+        (["B-trunc", "img/trunc.jpg", "mrn-t", MULTI, "1"], R.CORRUPT_IMAGE),
+        (["B-zero", "img/zero.jpg", "mrn-z", MULTI, "1"], R.EMPTY_FILE),
+        (ok(), None),
+        (["B-noimage", "", "mrn-x", MULTI, "1"], R.MISSING_VALUE),
+        (["B-label", "img/g3.jpg", "mrn-l", MULTI, "perhaps"], R.BAD_VALUE),
+        (ok(), None),
+        (["B-fields", "img/g4.jpg", "mrn-f", MULTI], R.BAD_VALUE),  # one field short
+        (ok(), None),
+        ("B-latin1", R.NON_UTF8_REPORT),  # raw bytes, below
+        (ok(), None),
+        (["B-short2", "img/g5.jpg", "mrn-n2", "Ok.\nFine.", "0"], R.NO_SENTENCE),
+        (ok(), None), (ok(), None),
+    ]  # fmt: skip
+    data = bytearray(b"\xef\xbb\xbf")  # a BOM, as spreadsheets write it
+    data += b'Accession,File Path,MRN,"Radiology\nReport",Effusion\r\n'  # a header on two lines
+    expected_line = {}
+    for k, (rec, reason) in enumerate(plan):
+        if k == 7:
+            data += b"\r\n"  # an empty line: skipped, counted
+        line = data.count(b"\n") + 1
+        if rec == "B-latin1":
+            data += b'B-latin1,img/g6.jpg,mrn-u,"FINDINGS:\nCaf\xe9 lungs are clear today.\nStable.",1\r\n'
+        else:
+            buf = io.StringIO()
+            csv.writer(buf).writerow(rec)
+            data += buf.getvalue().encode()
+        if reason is not None:
+            expected_line[rec if isinstance(rec, str) else rec[0]] = (line, reason)
+    path = tmp_path / "my_pairs.csv"
+    path.write_bytes(bytes(data))
+    lines = _lines(path)
+
+    cfg = CsvConfig(csv=path, image_col="File Path", text_col="Radiology\nReport", patient_col="MRN",
+                    id_col="Accession", label_cols=("Effusion",))  # fmt: skip
+    prepare_csv(tmp_path / "out", cfg, workers=1, progress=False)
+    rej = read_rejects(tmp_path / "out" / "rejects.csv")
+    assert {r.item: (r.line, r.reason) for r in rej} == expected_line
+    assert len(rej) == len(expected_line)
+    for r in rej:
+        at = lines[r.line - 1]
+        assert at.lstrip(b"\xef\xbb\xbf").startswith(f"{r.study_id},".encode()), (r, at)
+        assert r.source == "my_pairs.csv" and r.study_id == r.item
+        rec = next(rec for rec, _ in plan if (rec if isinstance(rec, str) else rec[0]) == r.item)
+        if isinstance(rec, list):
+            assert (r.image, r.patient_id) == (rec[1], rec[2])
+            assert at.startswith(f"{rec[0]},{rec[1]},{rec[2]},".encode())
+        else:
+            assert (r.image, r.patient_id) == ("img/g6.jpg", "mrn-u")
+        assert r.message.startswith(f"study {r.study_id}, patient {r.patient_id}")
+        assert f"my_pairs.csv line {r.line}" in r.message
+        # Row-level rejects keep naming "csv:line" in `file`; image rejects name the image there.
+        assert r.file == (r.image if r.reason in (R.MISSING_IMAGE, R.CORRUPT_IMAGE, R.EMPTY_FILE) else f"my_pairs.csv:{r.line}")
+    # The non-UTF-8 bytes reach the file as an escape, not as a crash or a silent drop.
+    latin = next(r for r in rej if r.item == "B-latin1")
+    assert latin.reason == R.NON_UTF8_REPORT
+    m = load_manifest(tmp_path / "out")
+    assert len(m) == sum(reason is None for _, reason in plan)
+
+    # Without an id column the default study id is the record's start line, the same as `line`.
+    cfg = CsvConfig(csv=path, image_col="File Path", text_col="Radiology\nReport", patient_col="MRN", label_cols=("Effusion",))
+    prepare_csv(tmp_path / "out2", cfg, workers=1, progress=False)
+    rej2 = read_rejects(tmp_path / "out2" / "rejects.csv")
+    assert sorted((r.line, r.reason) for r in rej2) == sorted(expected_line.values())
+    assert all(r.item == r.study_id == f"row{r.line}" for r in rej2)
+    m2 = load_manifest(tmp_path / "out2")
+    for s in m2.studies:  # kept rows too: "row<N>" is the line holding the record's start
+        assert lines[int(s.study_id[3:]) - 1].startswith(b"G")
+
+
+def test_rejects_file_keeps_the_original_columns_first(tmp_path):
+    log = R.RejectLog()
+    log.add("s1", "a.csv:3", R.EMPTY_REPORT, "", R.Origin("a.csv", 3, "x.jpg;y.jpg", "s1", "p1"))
+    log.add("d9", "img/d9.jpg", R.CORRUPT_IMAGE, "bad \udce9 bytes")  # no origin: the old call
+    log.write(tmp_path / "rejects.csv")
+    with open(tmp_path / "rejects.csv", encoding="utf-8", newline="") as f:
+        header = next(csv.reader(f))
+    assert header[:4] == ["item", "file", "reason", "detail"]
+    got = read_rejects(tmp_path / "rejects.csv")
+    assert got[0].line == 3 and got[0].image == "x.jpg;y.jpg" and got[0].patient_id == "p1"
+    assert got[0].message == "study s1, patient p1, image x.jpg;y.jpg (a.csv line 3): dropped, the report is empty."
+    assert got[1].line is None and got[1].detail == "bad \\xe9 bytes" and got[1].message.startswith("d9 (img/d9.jpg)")
+    # A rejects.csv of the four-column format still reads.
+    (tmp_path / "old.csv").write_text("item,file,reason,detail\nrow5,p.csv:5,empty_report,x\n", encoding="utf-8")
+    (old,) = read_rejects(tmp_path / "old.csv")
+    assert (old.item, old.file, old.reason, old.detail, old.line) == ("row5", "p.csv:5", "empty_report", "x", None)

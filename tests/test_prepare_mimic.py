@@ -133,3 +133,61 @@ def test_prepare_mimic_cli(tmp_path):
     assert rc == 0
     m = load_manifest(tmp_path / "out")
     assert {s.study_id for s in m.studies} == {"50414267", "57375967", "56699142"}  # the AP study left out
+
+
+@pytest.mark.parametrize("gz,reports_zip", [(True, False), (False, True)])
+def test_prepare_mimic_rejects_name_the_metadata_line(tmp_path, gz, reports_zip):
+    """Every reject of a metadata row or a study names the metadata table and the physical line
+    (of the decompressed text) where the row starts, multi-line quoted rows around it; study
+    entries give the study and subject ids, the image paths and the report file."""
+    import gzip
+
+    fake = build_fake_mimic(tmp_path / "mimic", bad=True, gz=gz, reports_zip=reports_zip, multiline=True)
+    prepare_mimic_cxr(tmp_path / "out", MimicConfig(tmp_path / "mimic"), workers=1, progress=False)
+    rej = read_rejects(tmp_path / "out" / "rejects.csv")
+    meta = tmp_path / "mimic" / ("mimic-cxr-2.0.0-metadata.csv" + (".gz" if gz else ""))
+    data = meta.read_bytes()
+    lines = (gzip.decompress(data) if gz else data).split(b"\n")
+    assert sum(line.startswith(b"d-pa-1,") for line in lines) == 2  # the duplicate row, and rows span lines
+    assert len(lines) > 2 * len(fake.studies)
+    study_of = {d: st for st, v in fake.studies.items() for d in v["dicoms"]}
+    # The metadata rows that each study's rejects must point at: a line that starts one of its rows.
+    for r in rej:
+        assert r.source == meta.name and r.line, r
+        at = lines[r.line - 1]
+        subject = fake.studies[r.study_id]["subject"]
+        assert r.patient_id == subject
+        if r.item in study_of:  # an image's entry: the line starts that image's row
+            assert at.startswith(f"{r.item},{subject},{r.study_id},".encode()), (r, at)
+            assert r.image == f"files/p{subject[:2]}/p{subject}/s{r.study_id}/{r.item}.jpg"
+        else:  # a study's entry: its first metadata row
+            assert r.item == r.study_id
+            first = next(d for d in fake.studies[r.study_id]["dicoms"])
+            assert at.startswith(f"{first},{subject},{r.study_id},".encode()), (r, at)
+            assert r.report == ("mimic-cxr-reports.zip:" if reports_zip else "") + f"files/p{subject[:2]}/p{subject}/s{r.study_id}.txt"
+        assert f"{meta.name} line {r.line}" in r.message
+    by_item = {}
+    for r in rej:
+        by_item.setdefault(r.item, []).append(r.reason)
+    # Every kind of reject is there, each pointed at its row.
+    assert by_item["50000005"] == by_item["50000006"] == [R.EMPTY_REPORT]
+    assert by_item["50000009"] == [R.NO_SENTENCE]
+    assert by_item["50000007"] == [R.NON_UTF8_REPORT]
+    assert by_item["50000008"] == [R.MISSING_REPORT]
+    assert by_item["bad-missing-img"] == [R.MISSING_IMAGE]
+    assert by_item["bad-truncated"] == by_item["bad-corrupt-10"] == [R.CORRUPT_IMAGE]
+    assert by_item["d-pa-1"] == [R.DUPLICATE_ROW]
+    assert by_item["d-lat-1"] == [R.VIEW_FILTERED]
+    # A study whose images all fail the view filter has an entry of its own, by study id.
+    assert by_item["lat-11"] == by_item["ll-11"] == [R.VIEW_FILTERED]
+    assert by_item["50000011"] == [R.NO_IMAGE_LEFT]
+    lonely = next(r for r in rej if r.item == "50000011")
+    assert "lat-11" in lonely.detail and "ll-11" in lonely.detail
+    # Study entries list the study's images by path.
+    short = next(r for r in rej if r.item == "50000009")
+    assert short.image == "files/p12/p12000009/s50000009/ok-9.jpg"
+    if not reports_zip:
+        assert (tmp_path / "mimic" / short.report).is_file()
+    # The duplicate row is the second one, not the first.
+    dup = next(r for r in rej if r.item == "d-pa-1")
+    assert dup.line == max(i + 1 for i, line in enumerate(lines) if line.startswith(b"d-pa-1,"))

@@ -296,3 +296,16 @@ def test_study_scorer_averages_each_studys_images():
 
     per_image = classification_metrics("multi-label", logits, task.y([0, 1, 2, 3, 4]), ["abnormal"])
     assert per_image["value"] == pytest.approx(5 / 6)
+
+
+def test_release_tables_give_each_records_start_line(tmp_path):
+    """A quoted field with newlines (a comment column, say) must not shift the lines that the
+    preparers' rejects.csv entries point at."""
+    from convirt_fast.prepare.downstream import read_table
+
+    table = tmp_path / "labels.csv"
+    table.write_text('patientId,Target,note\np1,0,"two\nlines"\np2,1,plain\n\np3,x,"a\nb\nc"\np4,0,\n')
+    rows = read_table(table, required=("patientId", "Target"))
+    lines = table.read_text().splitlines()
+    assert [(line, row["patientId"]) for line, row in rows] == [(2, "p1"), (4, "p2"), (6, "p3"), (9, "p4")]
+    assert all(lines[line - 1].startswith(row["patientId"] + ",") for line, row in rows)

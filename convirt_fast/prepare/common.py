@@ -4,11 +4,12 @@ finished prepare), each written atomically."""
 
 from __future__ import annotations
 
+import csv
 import datetime as _dt
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import Iterable, Iterator, Sequence
 
 from convirt_fast.data import rejects as R
 from convirt_fast.data.atomic import file_sha256
@@ -53,18 +54,64 @@ class PrepareSummary:
         )
 
 
+class LineCsvReader:
+    """csv.DictReader that also tells where each record starts: iterating gives (line, row), line
+    the physical 1-based line of the source text where the record begins, quoted multi-line
+    fields counted (csv's own line_num is where a record ends). Rows as DictReader makes them:
+    extra fields under the key None, missing ones None; empty lines skipped."""
+
+    def __init__(self, lines: Iterable[str], fieldnames: Sequence[str] | None = None) -> None:
+        # `lines`: a file opened with newline="" (or io.StringIO(text, newline="")), so that a
+        # quoted newline reaches the csv module as it is.
+        self.reader = csv.reader(lines)
+        self.fieldnames: list[str] | None = list(fieldnames) if fieldnames is not None else next(self.reader, None)
+
+    @property
+    def line_num(self) -> int:
+        """Lines read so far (the last line of the last record)."""
+        return self.reader.line_num
+
+    def __iter__(self) -> Iterator[tuple[int, dict]]:
+        names = self.fieldnames or []
+        while True:
+            start = self.reader.line_num + 1
+            try:
+                row = next(self.reader)
+            except StopIteration:
+                return
+            if not row:
+                continue
+            rec = dict(zip(names, row))
+            if len(row) > len(names):
+                rec[None] = row[len(names):]
+            else:
+                for k in names[len(row):]:
+                    rec[k] = None
+            yield start, rec
+
+
 def _sentence_index_cls():
     from convirt_fast.text import SentenceIndex
 
     return SentenceIndex
 
 
-def drop_empty_reports(studies: list[Study], keys: list, rejects: R.RejectLog, files: Sequence[str]) -> tuple[list[Study], list]:
-    """Reports that are empty or whitespace: rejected before indexing (their own reason)."""
+def _origins(studies: Sequence[Study], origins: Sequence[R.Origin] | None) -> list[R.Origin]:
+    """Each study's origin for its rejects: the preparer's, else what the study itself holds."""
+    if origins is not None:
+        return list(origins)
+    return [R.Origin(image=R.join_images(s.images), study_id=s.study_id, patient_id=s.patient_id) for s in studies]
+
+
+def drop_empty_reports(
+    studies: list[Study], keys: list, rejects: R.RejectLog, files: Sequence[str], origins: Sequence[R.Origin] | None = None
+) -> tuple[list[Study], list]:
+    """Reports that are empty or whitespace: rejected before indexing (their own reason).
+    `origins[i]`: where study i comes from (R.Origin), for its reject entry."""
     kept, kept_keys = [], []
-    for s, k, f in zip(studies, keys, files):
+    for s, k, f, o in zip(studies, keys, files, _origins(studies, origins)):
         if not s.report.strip():
-            rejects.add(s.study_id, f, R.EMPTY_REPORT, "report is empty or whitespace")
+            rejects.add(s.study_id, f, R.EMPTY_REPORT, "report is empty or whitespace", o)
         else:
             kept.append(s)
             kept_keys.append(k)
@@ -86,27 +133,34 @@ def finalize(
     threads: int = 0,
     extra_meta: dict | None = None,
     text: bool = True,
+    reject_origins: Sequence[R.Origin] | None = None,
 ) -> PrepareSummary:
     """Indexes, checks and writes a prepared data set. `image_keys[i]` identifies study i's
-    source image files for the leakage check; `report_files[i]` names its report in rejects.
+    source image files for the leakage check; `report_files[i]` names its report in rejects;
+    `reject_origins[i]` (optional) says where study i comes from (table, start line, source image
+    paths, ids) for the rejects made here (empty report, no usable sentence); without it the
+    entries give the study's ids and output images.
     `text=False`: an image-only evaluation set (RSNA, CheXpert, ...): no report is required and
     no sentence index is written (manifest.json says "text": false)."""
     out = Path(out)
     if not text:
         return _finalize_images_only(out, studies, image_keys, label_columns, rejects, source, params,
                                      images_written, images_skipped, extra_meta)
-    studies, image_keys = drop_empty_reports(studies, image_keys, rejects, report_files)
+    origins = _origins(studies, reject_origins)
+    files = {s.study_id: (f, o) for s, f, o in zip(studies, report_files, origins)}
+    studies, image_keys = drop_empty_reports(studies, image_keys, rejects, report_files, origins)
     SentenceIndex = _sentence_index_cls()
     index = SentenceIndex.build([s.report for s in studies], threads=threads, min_tokens=MIN_TOKENS, sections=True)
     empty = set(index.empty_report_ids())
     if empty:
-        files = {s.study_id: f for s, f in zip(studies, report_files)}
         for i in sorted(empty):
+            f, o = files.get(studies[i].study_id, ("", None))
             rejects.add(
                 studies[i].study_id,
-                files.get(studies[i].study_id, ""),
+                f,
                 R.NO_SENTENCE,
                 f"no sentence of >= {MIN_TOKENS} tokens in Findings/Impression",
+                o,
             )
         studies = [s for i, s in enumerate(studies) if i not in empty]
         image_keys = [k for i, k in enumerate(image_keys) if i not in empty]

@@ -23,7 +23,7 @@ from typing import Iterable, Sequence
 from convirt_fast.data import rejects as R
 from convirt_fast.data.manifest import Study
 from convirt_fast.data.resize import LONG_SIDE, ResizeTask, output_suffix, resize_all
-from convirt_fast.prepare.common import PrepareError, PrepareSummary, finalize
+from convirt_fast.prepare.common import LineCsvReader, PrepareError, PrepareSummary, finalize
 
 
 @dataclass
@@ -50,14 +50,15 @@ def read_table(path: Path, required: Sequence[str] = (), *, fieldnames: Sequence
         text = path.read_bytes().decode("utf-8-sig")
     except UnicodeDecodeError as e:
         raise PrepareError(f"{path}: not UTF-8 text: {e}") from e
-    reader = csv.DictReader(io.StringIO(text, newline=""), fieldnames=list(fieldnames) if fieldnames else None)
+    # (line, row) with the physical line each record starts on, quoted newlines counted, so that
+    # a rejects.csv entry points at the record itself
+    reader = LineCsvReader(io.StringIO(text, newline=""), fieldnames=fieldnames)
     header = reader.fieldnames or []
     missing = [c for c in required if c not in header]
     if missing:
         raise PrepareError(f"{path}: missing columns: {', '.join(missing)} (columns present: {', '.join(header)})")
     try:
-        first = 1 if fieldnames else 2
-        return [(first + i, row) for i, row in enumerate(reader)]
+        return list(reader)
     except csv.Error as e:
         raise PrepareError(f"{path}: line {reader.line_num}: unparseable CSV: {e}") from e
 

@@ -11,7 +11,11 @@ Expected under the root (each CSV plain or gzipped):
 
 One manifest row per study: its images with an accepted view (default frontal: PA, AP), the
 official patient-level split, the report (Findings + Impression are taken by the sentence
-index), the CheXpert labels (1, 0, -1, blank kept apart). Everything dropped is in rejects.csv.
+index), the CheXpert labels (1, 0, -1, blank kept apart). Everything dropped is in rejects.csv
+with the table and the physical line of its row (of the decompressed text for a .gz), the image
+path(s), study and subject ids and the report file. A study none of whose images is kept at the
+metadata stage (no accepted view, no split) gets an entry of its own (no_image_left) beside
+its images' entries.
 """
 
 from __future__ import annotations
@@ -28,7 +32,7 @@ from pathlib import Path
 from convirt_fast.data import rejects as R
 from convirt_fast.data.manifest import Study, parse_label
 from convirt_fast.data.resize import LONG_SIDE, ResizeTask, output_suffix, resize_all
-from convirt_fast.prepare.common import PrepareError, PrepareSummary, finalize
+from convirt_fast.prepare.common import LineCsvReader, PrepareError, PrepareSummary, finalize
 
 METADATA = "mimic-cxr-2.0.0-metadata.csv"
 SPLIT = "mimic-cxr-2.0.0-split.csv"
@@ -89,11 +93,13 @@ def _find_csv(root: Path, name: str) -> Path:
     raise PrepareError(f"{root}: neither {name} nor {name}.gz found")
 
 
-def _read_csv(path: Path, required: tuple[str, ...]) -> list[dict[str, str]]:
+def _read_csv(path: Path, required: tuple[str, ...]) -> list[tuple[int, dict[str, str]]]:
+    """(line, row) of a plain or gzipped table; line: where the row starts in the (decompressed)
+    text."""
     try:
         opener = gzip.open if path.suffix == ".gz" else open
         with opener(path, "rt", encoding="utf-8", newline="") as f:
-            reader = csv.DictReader(f)
+            reader = LineCsvReader(f)
             header = reader.fieldnames or []
             missing = [c for c in required if c not in header]
             if missing:
@@ -152,52 +158,83 @@ def prepare_mimic_cxr(out: Path, cfg: MimicConfig, *, workers: int = 0, progress
     split_of = _split_by_dicom(_read_csv(split_path, SPLIT_COLUMNS), split_path, rejects)
     labels_of = _labels_by_study(_read_csv(chex_path, CHEXPERT_COLUMNS), chex_path, rejects)
     reports = _Reports(root, cfg.reports)
+    image_root = Path(cfg.image_root) if cfg.image_root else root
+
+    def image_path(subject: str, study: str, dicom: str) -> str:
+        """The image's path under the image root, as the release names it."""
+        return f"{_study_dir(subject, study)}/{_image_name(image_root / _study_dir(subject, study), dicom, cfg.image_format)}"
 
     # Images per study, after the view filter and the split lookup.
     views = {v.upper() for v in cfg.views}
     study_images: dict[tuple[str, str], list[str]] = defaultdict(list)
     study_split: dict[tuple[str, str], set[str]] = defaultdict(set)
+    study_line: dict[tuple[str, str], int] = {}  # the study's first metadata row
+    dropped: dict[tuple[str, str], list[str]] = defaultdict(list)  # images left out, "dicom: reason"
+    line_of: dict[str, int] = {}
     seen: set[str] = set()
-    for i, row in enumerate(metadata):
-        dicom, subject, study = row["dicom_id"].strip(), row["subject_id"].strip(), row["study_id"].strip()
-        where = f"{meta_path.name}:{i + 2}"
+    for line, row in metadata:
+        dicom, subject, study = (row["dicom_id"] or "").strip(), (row["subject_id"] or "").strip(), (row["study_id"] or "").strip()
+        where = f"{meta_path.name}:{line}"
         if not (dicom and subject.isdigit() and study.isdigit()):
-            rejects.add(dicom or where, where, R.BAD_VALUE, "dicom_id, subject_id or study_id empty or not a number")
+            rejects.add(dicom or where, where, R.BAD_VALUE, "dicom_id, subject_id or study_id empty or not a number",
+                        R.Origin(meta_path.name, line, "", study, subject))
             continue
+        key = (subject, study)
+        study_line.setdefault(key, line)
+
+        def reject(reason: str, detail: str) -> None:
+            rejects.add(dicom, where, reason, detail, R.Origin(meta_path.name, line, image_path(subject, study, dicom), study, subject))
+
         if dicom in seen:
-            rejects.add(dicom, where, R.DUPLICATE_ROW, "dicom_id repeated in the metadata")
+            reject(R.DUPLICATE_ROW, "dicom_id repeated in the metadata")
             continue
         seen.add(dicom)
+        line_of[dicom] = line
         view = (row["ViewPosition"] or "").strip().upper()
         if views and view not in views:
-            rejects.add(dicom, where, R.VIEW_FILTERED, f"ViewPosition {view or '(blank)'} not in {sorted(views)}")
+            reject(R.VIEW_FILTERED, f"ViewPosition {view or '(blank)'} not in {sorted(views)}")
+            dropped[key].append(f"{dicom}: {R.VIEW_FILTERED} ({view or 'blank'})")
             continue
         if dicom not in split_of:
-            rejects.add(dicom, where, R.NO_SPLIT, f"dicom_id not in {split_path.name}")
+            reject(R.NO_SPLIT, f"dicom_id not in {split_path.name}")
+            dropped[key].append(f"{dicom}: {R.NO_SPLIT}")
             continue
-        study_images[(subject, study)].append(dicom)
-        study_split[(subject, study)].add(split_of[dicom])
+        study_images[key].append(dicom)
+        study_split[key].add(split_of[dicom])
+
+    def study_origin(key: tuple[str, str], dicoms) -> R.Origin:
+        subject, study = key
+        return R.Origin(meta_path.name, study_line[key], R.join_images(image_path(subject, study, d) for d in dicoms),
+                        study, subject, reports.file(subject, study))
+
+    # A study none of whose images got past the metadata: an entry of its own, by study id.
+    for key in sorted(set(dropped) - set(study_images), key=lambda k: (int(k[0]), int(k[1]))):
+        rejects.add(key[1], f"{meta_path.name}:{study_line[key]}", R.NO_IMAGE_LEFT,
+                    f"no image of an accepted view with a split: {'; '.join(dropped[key])}", study_origin(key, ()))
 
     # Reports, read before any image work: a study without a usable report costs no resize.
     texts: dict[tuple[str, str], str] = {}
     for key in sorted(study_images, key=lambda k: (int(k[0]), int(k[1]))):
         subject, study = key
+
+        def reject(file: str, reason: str, detail: str) -> None:
+            rejects.add(study, file, reason, detail, study_origin(key, study_images[key]))
+
         if len(study_split[key]) > 1:
-            rejects.add(study, _study_dir(subject, study), R.BAD_VALUE, f"images in several splits: {sorted(study_split[key])}")
+            reject(_study_dir(subject, study), R.BAD_VALUE, f"images in several splits: {sorted(study_split[key])}")
             continue
         raw = reports.read(subject, study)
         if raw is None:
-            rejects.add(study, reports.file(subject, study), R.MISSING_REPORT, "no report file")
+            reject(reports.file(subject, study), R.MISSING_REPORT, "no report file")
             continue
         if len(raw) == 0:
-            rejects.add(study, reports.file(subject, study), R.EMPTY_REPORT, "zero-byte report file")
+            reject(reports.file(subject, study), R.EMPTY_REPORT, "zero-byte report file")
             continue
         try:
             texts[key] = raw.decode("utf-8")
         except UnicodeDecodeError as e:
-            rejects.add(study, reports.file(subject, study), R.NON_UTF8_REPORT, str(e))
+            reject(reports.file(subject, study), R.NON_UTF8_REPORT, str(e))
 
-    image_root = Path(cfg.image_root) if cfg.image_root else root
     names = {d: _image_name(image_root / _study_dir(s, st), d, cfg.image_format)
              for (s, st) in texts for d in study_images[(s, st)]}
     dest = {d: f"images/{_study_dir(s, st)}/{Path(names[d]).with_suffix(output_suffix(Path(names[d])))}"
@@ -208,18 +245,24 @@ def prepare_mimic_cxr(out: Path, cfg: MimicConfig, *, workers: int = 0, progress
         for d in study_images[(s, st)]
     ]
     results = {r.task.item: r for r in resize_all(tasks, long_side=cfg.long_side, workers=workers, progress=progress)}
-    studies, keys, files = [], [], []
+    studies, keys, files, origins = [], [], [], []
     for (subject, study), text in texts.items():
-        images = []
+        images, sources = [], []
         for d in study_images[(subject, study)]:
             res = results[d]
+            path = f"{_study_dir(subject, study)}/{names[d]}"
             if res.ok:
                 images.append(dest[d])
+                sources.append(path)
             else:
-                rejects.add(d, f"{_study_dir(subject, study)}/{names[d]}", res.reason, res.detail)
+                rejects.add(d, path, res.reason, res.detail,
+                            R.Origin(meta_path.name, line_of[d], path, study, subject, reports.file(subject, study)))
         if not images:
-            rejects.add(study, _study_dir(subject, study), R.NO_IMAGE_LEFT, "no usable image of an accepted view")
+            rejects.add(study, _study_dir(subject, study), R.NO_IMAGE_LEFT, "no usable image of an accepted view",
+                        study_origin((subject, study), study_images[(subject, study)]))
             continue
+        origins.append(R.Origin(meta_path.name, study_line[(subject, study)], R.join_images(sources), study, subject,
+                                reports.file(subject, study)))
         (split,) = study_split[(subject, study)]
         labels = labels_of.get((subject, study), {c: None for c in CHEXPERT_LABELS})
         studies.append(Study(study, subject, split, tuple(images), text, labels))
@@ -231,6 +274,7 @@ def prepare_mimic_cxr(out: Path, cfg: MimicConfig, *, workers: int = 0, progress
         studies,
         image_keys=keys,
         report_files=files,
+        reject_origins=origins,
         label_columns=CHEXPERT_LABELS,
         rejects=rejects,
         source="mimic-cxr-jpg-2.0.0",
@@ -244,13 +288,14 @@ def prepare_mimic_cxr(out: Path, cfg: MimicConfig, *, workers: int = 0, progress
 
 def _split_by_dicom(rows: list[dict[str, str]], path: Path, rejects: R.RejectLog) -> dict[str, str]:
     out: dict[str, str] = {}
-    for i, row in enumerate(rows):
-        dicom, split = row["dicom_id"].strip(), row["split"].strip()
-        where = f"{path.name}:{i + 2}"
+    for line, row in rows:
+        dicom, split = (row["dicom_id"] or "").strip(), (row["split"] or "").strip()
+        where = f"{path.name}:{line}"
+        origin = R.Origin(path.name, line, "", (row["study_id"] or "").strip(), (row["subject_id"] or "").strip())
         if split not in ("train", "validate", "test"):
-            rejects.add(dicom, where, R.BAD_VALUE, f"split {split!r} is not train/validate/test")
+            rejects.add(dicom, where, R.BAD_VALUE, f"split {split!r} is not train/validate/test", origin)
         elif dicom in out and out[dicom] != split:
-            rejects.add(dicom, where, R.DUPLICATE_ROW, f"dicom_id listed again with split {split!r}")
+            rejects.add(dicom, where, R.DUPLICATE_ROW, f"dicom_id listed again with split {split!r}", origin)
         else:
             out[dicom] = split
     return out
@@ -258,16 +303,17 @@ def _split_by_dicom(rows: list[dict[str, str]], path: Path, rejects: R.RejectLog
 
 def _labels_by_study(rows: list[dict[str, str]], path: Path, rejects: R.RejectLog) -> dict[tuple[str, str], dict[str, int | None]]:
     out: dict[tuple[str, str], dict[str, int | None]] = {}
-    for i, row in enumerate(rows):
-        key = (row["subject_id"].strip(), row["study_id"].strip())
-        where = f"{path.name}:{i + 2}"
+    for line, row in rows:
+        key = ((row["subject_id"] or "").strip(), (row["study_id"] or "").strip())
+        where = f"{path.name}:{line}"
+        origin = R.Origin(path.name, line, "", key[1], key[0])
         try:
             labels = {c: parse_label(row[c] or "") for c in CHEXPERT_LABELS}
         except ValueError as e:
-            rejects.add(key[1], where, R.BAD_VALUE, f"labels left blank: {e}")
+            rejects.add(key[1], where, R.BAD_VALUE, f"labels left blank: {e}", origin)
             continue
         if key in out:
-            rejects.add(key[1], where, R.DUPLICATE_ROW, "study listed again in the CheXpert labels; first kept")
+            rejects.add(key[1], where, R.DUPLICATE_ROW, "study listed again in the CheXpert labels; first kept", origin)
             continue
         out[key] = labels
     return out

@@ -7,7 +7,9 @@ split column, rows are split by patient (with every row that shares an image fil
 patient), or by image file when there is no patient column, with a seeded hash (see
 splits.py). A row that cannot be used (no image value, an image that is missing, empty or
 corrupt, an empty or non-UTF-8 report, a repeated row, a bad split or label value) goes to
-rejects.csv with its reason; missing columns stop the prepare with their names.
+rejects.csv with its reason, the physical line where its record starts in the CSV (quoted
+multi-line reports counted), its image path, study and patient ids; missing columns stop the
+prepare with their names.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from pathlib import Path
 from convirt_fast.data import rejects as R
 from convirt_fast.data.manifest import Study, parse_label
 from convirt_fast.data.resize import LONG_SIDE, ResizeTask, output_suffix, resize_all
-from convirt_fast.prepare.common import PrepareError, PrepareSummary, finalize
+from convirt_fast.prepare.common import LineCsvReader, PrepareError, PrepareSummary, finalize
 from convirt_fast.prepare.splits import SPLIT_ALIASES, group_rows, hash_split
 
 
@@ -34,7 +36,8 @@ class CsvConfig:
     split_col: str | None = None
     label_cols: tuple[str, ...] = ()
     id_col: str | None = None
-    """Study id column; default: the row's line number in the CSV ("row<N>")."""
+    """Study id column; default: the line where the row starts in the CSV ("row<N>"; quoted
+    newlines counted, as an editor shows the file)."""
     image_root: Path | None = None
     seed: int = 0
     validate_fraction: float = 0.1
@@ -56,6 +59,9 @@ class _Row:
     split: str | None
     labels: dict[str, int | None] = field(default_factory=dict)
 
+    def origin(self, source: str) -> R.Origin:
+        return R.Origin(source, self.line, self.image, self.study_id, self.patient or "")
+
 
 def _read_rows(cfg: CsvConfig, rejects: R.RejectLog) -> list[_Row]:
     path = Path(cfg.csv)
@@ -67,7 +73,7 @@ def _read_rows(cfg: CsvConfig, rejects: R.RejectLog) -> list[_Row]:
     # surrogateescape keeps undecodable bytes as lone surrogates: the rows holding them are
     # rejected one by one instead of the whole file failing.
     text = raw.decode("utf-8", errors="surrogateescape")
-    reader = csv.DictReader(io.StringIO(text, newline=""))
+    reader = LineCsvReader(io.StringIO(text, newline=""))
     header = reader.fieldnames or []
     wanted = [cfg.image_col, cfg.text_col, cfg.patient_col, cfg.split_col, cfg.id_col, *cfg.label_cols]
     missing = [c for c in wanted if c is not None and c not in header]
@@ -79,48 +85,52 @@ def _read_rows(cfg: CsvConfig, rejects: R.RejectLog) -> list[_Row]:
         raise PrepareError(f"{path}: line {reader.line_num}: unparseable CSV: {e}") from e
 
 
-def _parse_records(cfg: CsvConfig, path: Path, reader: csv.DictReader, rejects: R.RejectLog) -> list[_Row]:
+def _parse_records(cfg: CsvConfig, path: Path, reader: LineCsvReader, rejects: R.RejectLog) -> list[_Row]:
     rows, seen, ids = [], set(), set()
-    for i, rec in enumerate(reader):
-        line = i + 2  # header is line 1 (a quoted newline makes this approximate, as in spreadsheets)
+    for line, rec in reader:
         where = f"{path.name}:{line}"
-        study_id = (rec[cfg.id_col] or "").strip() if cfg.id_col else f"row{line}"
+        study_id = (rec.get(cfg.id_col) or "").strip() if cfg.id_col else f"row{line}"
+        patient = (rec.get(cfg.patient_col) or "").strip() if cfg.patient_col else None
+        origin = R.Origin(path.name, line, (rec.get(cfg.image_col) or "").strip(), study_id, patient or "")
+
+        def reject(reason: str, detail: str) -> None:
+            rejects.add(study_id, where, reason, detail, origin)
+
         if None in rec or any(v is None for v in rec.values()):
-            rejects.add(study_id, where, R.BAD_VALUE, "row has a different number of fields than the header")
+            reject(R.BAD_VALUE, "row has a different number of fields than the header")
             continue
         bad = [k for k, v in rec.items() if _has_surrogate(v)]
         if bad:
             reason = R.NON_UTF8_REPORT if cfg.text_col in bad else R.BAD_VALUE
-            rejects.add(study_id, where, reason, f"bytes that are not UTF-8 in {', '.join(map(repr, bad))}")
+            reject(reason, f"bytes that are not UTF-8 in {', '.join(map(repr, bad))}")
             continue
         image = rec[cfg.image_col].strip()
         if not image:
-            rejects.add(study_id, where, R.MISSING_VALUE, f"empty {cfg.image_col!r}")
+            reject(R.MISSING_VALUE, f"empty {cfg.image_col!r}")
             continue
         key = tuple(rec.values())
         if key in seen:
-            rejects.add(study_id, where, R.DUPLICATE_ROW, "same values as an earlier row")
+            reject(R.DUPLICATE_ROW, "same values as an earlier row")
             continue
         seen.add(key)
         if study_id in ids or not study_id:
-            rejects.add(study_id, where, R.DUPLICATE_ROW if study_id else R.MISSING_VALUE, f"study id {study_id!r} empty or repeated")
+            reject(R.DUPLICATE_ROW if study_id else R.MISSING_VALUE, f"study id {study_id!r} empty or repeated")
             continue
         split = None
         if cfg.split_col:
             split = SPLIT_ALIASES.get(rec[cfg.split_col].strip().lower())
             if split is None:
-                rejects.add(study_id, where, R.BAD_VALUE, f"split {rec[cfg.split_col]!r} is not train/validate/test")
+                reject(R.BAD_VALUE, f"split {rec[cfg.split_col]!r} is not train/validate/test")
                 continue
         labels = {}
         try:
             for c in cfg.label_cols:
                 labels[c] = parse_label(rec[c])
         except ValueError as e:
-            rejects.add(study_id, where, R.BAD_VALUE, f"column {c!r}: {e}")
+            reject(R.BAD_VALUE, f"column {c!r}: {e}")
             continue
-        patient = rec[cfg.patient_col].strip() if cfg.patient_col else None
         if cfg.patient_col and not patient:
-            rejects.add(study_id, where, R.MISSING_VALUE, f"empty {cfg.patient_col!r}")
+            reject(R.MISSING_VALUE, f"empty {cfg.patient_col!r}")
             continue
         ids.add(study_id)
         rows.append(_Row(line, study_id, image, rec[cfg.text_col], patient, split, labels))
@@ -158,7 +168,7 @@ def prepare_csv(out: Path, cfg: CsvConfig, *, workers: int = 0, progress: bool =
     for row in rows:
         if row.image in failed:
             res = failed[row.image]
-            rejects.add(row.study_id, row.image, res.reason, res.detail)
+            rejects.add(row.study_id, row.image, res.reason, res.detail, row.origin(Path(cfg.csv).name))
         else:
             kept.append(row)
     splits = _assign_splits(kept, cfg)
@@ -178,6 +188,7 @@ def prepare_csv(out: Path, cfg: CsvConfig, *, workers: int = 0, progress: bool =
         studies,
         image_keys=[[str(sources[r.image])] for r in kept],
         report_files=[f"{Path(cfg.csv).name}:{r.line}" for r in kept],
+        reject_origins=[r.origin(Path(cfg.csv).name) for r in kept],
         label_columns=cfg.label_cols,
         rejects=rejects,
         source=f"csv:{Path(cfg.csv).name}",

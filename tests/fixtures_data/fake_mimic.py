@@ -2,7 +2,8 @@
 
 Patients 10000032 (train), 10000764 (validate), 11000011 (test), each with one or two studies
 of a PA and a LATERAL image (plus an AP study), reports as files or in the reports zip, CSVs
-plain or gzipped. `bad=True` adds the broken cases the prepare must reject.
+plain or gzipped. `bad=True` adds the broken cases the prepare must reject; `multiline=True`
+quotes a description with newlines in every other metadata row, so that rows and lines differ.
 """
 
 from __future__ import annotations
@@ -88,6 +89,7 @@ def build_fake_mimic(
     bad: bool = False,
     size: tuple[int, int] = (300, 360),
     leak: bool = False,
+    multiline: bool = False,
 ) -> FakeMimic:
     root.mkdir(parents=True, exist_ok=True)
     fake = FakeMimic(root)
@@ -110,6 +112,7 @@ def build_fake_mimic(
             ("12000008", "50000008", "train", [("ok-8", "PA")], {}),  # no report at all
             ("12000009", "50000009", "train", [("ok-9", "PA")], {}),  # report too short (< 3 tokens)
             ("12000010", "50000010", "train", [("ok-10", "PA"), ("bad-corrupt-10", "AP")], {}),  # one bad of two
+            ("12000011", "50000011", "train", [("lat-11", "LATERAL"), ("ll-11", "LL")], {}),  # no accepted view
         ]
     if leak:
         # The same patient in validate as well: the official split never does this.
@@ -120,7 +123,10 @@ def build_fake_mimic(
         sdir = root / _study_dir(subject, study)
         sdir.mkdir(parents=True, exist_ok=True)
         for j, (dicom, view) in enumerate(dicoms):
-            meta_rows.append([dicom, subject, study, "CHEST (PA AND LAT)", view, size[1], size[0], "21800506", "213014.531",
+            described = "CHEST (PA AND LAT)"
+            if multiline and len(meta_rows) % 2 == 0:
+                described = f"CHEST (PA AND LAT)\nportable, row {len(meta_rows)}\r\nsee the request"
+            meta_rows.append([dicom, subject, study, described, view, size[1], size[0], "21800506", "213014.531",
                               "CHEST (PA AND LAT)", "postero-anterior" if view == "PA" else "lateral", "Erect"])  # fmt: skip
             split_rows.append([dicom, study, subject, split])
             img = sdir / f"{dicom}.jpg"
