@@ -62,11 +62,43 @@ def load_checkpoint(path: str | Path) -> dict:
     return state
 
 
-def check_compatible(path: Path, saved: dict, current: dict) -> None:
-    """Refuse to resume a model of another architecture (the error lists the differences)."""
-    different = {k: (saved.get(k), v) for k, v in current.items() if saved.get(k) != v}
-    if different:
-        raise CheckpointError(f"{path}: checkpoint of another model (saved, now): {different}")
+_ABSENT = object()
+
+
+def check_compatible(path: Path, saved: dict, current: dict, *, section: str = "model",
+                     saved_state: dict | None = None, current_state: dict | None = None) -> None:
+    """Refuse to resume a model of another architecture, naming every key that differs: the
+    config fields of `section` (saved vs now), and with both state dicts the weights missing,
+    unexpected or of another shape."""
+    problems = []
+    for key, now in current.items():  # a field the checkpoint has and this version lacks is ignored
+        was = saved.get(key, _ABSENT)
+        if was != now:
+            problems.append(f"{section}.{key}: saved {'(absent)' if was is _ABSENT else repr(was)}, now {now!r}")
+    if saved_state is not None and current_state is not None:
+        problems += state_dict_differences(saved_state, current_state)
+    if problems:
+        raise CheckpointError(f"{path}: a checkpoint of another architecture: {'; '.join(problems)}. Resume with "
+                              f"the saved values (--{section}.<field>=...), or start a new run (--train.resume=none, "
+                              f"or another --train.run_name)")
+
+
+def state_dict_differences(saved: dict, current: dict, show: int = 8) -> list[str]:
+    """What keeps `saved` weights from loading into a model whose state dict is `current`: keys
+    missing from the checkpoint, keys the model lacks, shapes that differ (the first `show` of each)."""
+    def listed(what, keys):
+        keys = sorted(keys)
+        more = f" and {len(keys) - show} more" if len(keys) > show else ""
+        return [f"{what}: {', '.join(keys[:show])}{more}"] if keys else []
+
+    def shape(t) -> tuple:
+        return tuple(getattr(t, "shape", ()))
+
+    reshaped = [f"{k} saved {shape(saved[k])} now {shape(current[k])}" for k in sorted(set(saved) & set(current))
+                if shape(saved[k]) != shape(current[k])]
+    return (listed("weights missing from the checkpoint", set(current) - set(saved))
+            + listed("weights this model lacks", set(saved) - set(current))
+            + listed("weights of another shape", reshaped))
 
 
 class Checkpointer:

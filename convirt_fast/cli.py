@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import ast
 import dataclasses
+import difflib
 import inspect
 import textwrap
 import typing
@@ -55,11 +56,18 @@ def _parse_value(text: str, annotation, where: str):
     raise ValueError(f"{where}: cannot set a field of type {annotation} from the command line")
 
 
+def _did_you_mean(name: str, choices) -> str:
+    close = difflib.get_close_matches(name, list(choices), n=1)
+    return f"; did you mean {close[0]!r}?" if close else ""
+
+
 def _set(obj, path: list[str], text: str, where: str) -> None:
     name = path[0]
     if not dataclasses.is_dataclass(obj) or name not in {f.name for f in dataclasses.fields(obj)}:
-        known = ", ".join(f.name for f in dataclasses.fields(obj)) if dataclasses.is_dataclass(obj) else "-"
-        raise ValueError(f"unknown option --{where} (known here: {known})")
+        if not dataclasses.is_dataclass(obj):
+            raise ValueError(f"unknown option --{where}: {where.rsplit('.', 1)[0]} is a value, not a section")
+        names = [f.name for f in dataclasses.fields(obj) if f.name != "preset"]
+        raise ValueError(f"unknown option --{where} (known here: {', '.join(names)}){_did_you_mean(name, names)}")
     if len(path) > 1:
         _set(getattr(obj, name), path[1:], text, where)
         return
@@ -121,7 +129,7 @@ def parse_args(argv: list[str]) -> Config | str:
             raise ValueError(f"unexpected argument {arg!r} (options look like --section.field=value)")
         i += 1
     if preset not in PRESETS:
-        raise ValueError(f"unknown preset {preset!r}; presets: {', '.join(PRESETS)}")
+        raise ValueError(f"unknown preset {preset!r}; presets: {', '.join(PRESETS)}{_did_you_mean(preset, PRESETS)}")
     cfg = PRESETS[preset]()
     if wants_help:
         return help_text(cfg)

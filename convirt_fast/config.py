@@ -5,9 +5,16 @@ is its --help text), validated in __post_init__.
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 
 from convirt_fast.data.augment import AugmentSpec
+
+
+def _require(ok: bool, name: str, rule: str, value) -> None:
+    """Refuse a bad value naming the field (section.field), the rule and what was given."""
+    if not ok:
+        raise ValueError(f"{name} must be {rule}, got {value!r}")
 
 
 @dataclass
@@ -45,8 +52,12 @@ class ModelConfig:
     def __post_init__(self) -> None:
         if self.projection not in ("mlp", "linear"):
             raise ValueError(f"model.projection must be mlp or linear, got {self.projection!r}")
-        if self.projection_dim < 1 or self.text_layers < 1 or self.text_hidden % self.text_heads:
-            raise ValueError("model: projection_dim and text_layers must be >= 1, text_hidden divisible by text_heads")
+        for name in ("projection_dim", "text_layers", "text_hidden", "text_heads", "vocab_size"):
+            _require(getattr(self, name) >= 1, f"model.{name}", ">= 1", getattr(self, name))
+        _require(self.projection_hidden is None or self.projection_hidden >= 1, "model.projection_hidden",
+                 "None or >= 1", self.projection_hidden)
+        _require(self.text_hidden % self.text_heads == 0, "model.text_hidden",
+                 f"divisible by model.text_heads={self.text_heads}", self.text_hidden)
         if not 0 <= self.freeze_text_layers <= self.text_layers and self.text_encoder is None:
             raise ValueError(f"model.freeze_text_layers={self.freeze_text_layers} outside 0..text_layers={self.text_layers}")
 
@@ -86,8 +97,11 @@ class DataConfig:
 
         if isinstance(self.augment, dict):
             self.augment = AugmentSpec(**self.augment)
-        if self.batch_size < 1 or self.num_workers < 0 or self.max_length < 3:
-            raise ValueError("data: batch_size >= 1, num_workers >= 0 and max_length >= 3 required")
+        _require(self.batch_size >= 1, "data.batch_size", ">= 1 (>= 2 for the contrastive loss)", self.batch_size)
+        _require(self.num_workers >= 0, "data.num_workers", ">= 0", self.num_workers)
+        _require(self.max_length >= 3, "data.max_length", ">= 3 ([CLS], a token, [SEP])", self.max_length)
+        _require(self.synth_n >= 1 and self.synth_size >= 1, "data.synth_n and data.synth_size", ">= 1",
+                 (self.synth_n, self.synth_size))
         if self.backend not in ("auto", "dali", "torch"):
             raise ValueError(f"data.backend must be auto, dali or torch, got {self.backend!r}")
         check_decode(self.decode, self.backend)  # the loader checks the resolved backend the same way
@@ -109,8 +123,11 @@ class LossConfig:
     """auto (Triton on CUDA, chunked torch otherwise), triton or torch."""
 
     def __post_init__(self) -> None:
-        if not self.tau > 0 or not 0 <= self.lam <= 1:
-            raise ValueError("loss: tau > 0 and 0 <= lam <= 1 required")
+        from convirt_fast.kernels.convirt_loss import BACKENDS
+
+        _require(self.tau > 0 and math.isfinite(self.tau), "loss.tau", "finite, tau > 0", self.tau)
+        _require(0 <= self.lam <= 1, "loss.lam", "in [0, 1]", self.lam)
+        _require(self.backend in BACKENDS, "loss.backend", f"one of {BACKENDS}", self.backend)
 
 
 @dataclass
@@ -140,8 +157,14 @@ class OptimConfig:
             self.betas = tuple(self.betas)
         if self.schedule not in ("plateau", "cosine"):
             raise ValueError(f"optim.schedule must be plateau or cosine, got {self.schedule!r}")
-        if not self.lr > 0 or self.weight_decay < 0 or not 0 < self.plateau_factor < 1:
-            raise ValueError("optim: lr > 0, weight_decay >= 0, 0 < plateau_factor < 1 required")
+        _require(self.lr > 0 and math.isfinite(self.lr), "optim.lr", "finite and > 0", self.lr)
+        _require(self.weight_decay >= 0, "optim.weight_decay", ">= 0", self.weight_decay)
+        _require(0 < self.plateau_factor < 1, "optim.plateau_factor", "in (0, 1)", self.plateau_factor)
+        _require(self.plateau_patience >= 1, "optim.plateau_patience", ">= 1", self.plateau_patience)
+        _require(self.warmup_steps >= 0, "optim.warmup_steps", ">= 0", self.warmup_steps)
+        _require(len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas), "optim.betas",
+                 "two values in [0, 1)", self.betas)
+        _require(self.grad_clip is None or self.grad_clip > 0, "optim.grad_clip", "None or > 0", self.grad_clip)
 
 
 @dataclass
@@ -192,8 +215,10 @@ class TrainConfig:
         for name, allowed in checks.items():
             if getattr(self, name) not in allowed:
                 raise ValueError(f"train.{name} must be one of {allowed}, got {getattr(self, name)!r}")
-        if min(self.max_steps, self.val_every, self.log_every, self.grad_accum, self.checkpoint_every) < 1:
-            raise ValueError("train: max_steps, val_every, log_every, grad_accum, checkpoint_every must be >= 1")
+        for name in ("max_steps", "val_every", "log_every", "grad_accum", "checkpoint_every"):
+            _require(getattr(self, name) >= 1, f"train.{name}", ">= 1", getattr(self, name))
+        _require(self.max_validations is None or self.max_validations >= 1, "train.max_validations",
+                 "None or >= 1", self.max_validations)
 
 
 @dataclass
@@ -208,10 +233,30 @@ class Config:
     preset: str = "cpu-default"
     """The preset these values started from."""
 
+    def __post_init__(self) -> None:
+        # One pair per step leaves the contrastive loss no negative: it is exactly 0 and nothing is
+        # learned. With loss.gather the other ranks' pairs are the negatives (the trainer checks
+        # the global batch, which needs the number of ranks).
+        if self.data.batch_size < 2 and not self.loss.gather:
+            raise ValueError(f"data.batch_size must be >= 2 for the contrastive loss (each pair's negatives are the "
+                             f"batch's other pairs; with 1 the loss is 0 and nothing is learned; paper: 32), "
+                             f"got {self.data.batch_size}")
+
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
     @classmethod
     def from_dict(cls, d: dict) -> "Config":
-        return cls(model=ModelConfig(**d["model"]), data=DataConfig(**d["data"]), loss=LossConfig(**d["loss"]),
-                   optim=OptimConfig(**d["optim"]), train=TrainConfig(**d["train"]), preset=d.get("preset", "custom"))
+        """The inverse of to_dict (a run's config.json, a checkpoint's config). Unknown sections or
+        fields (a config of another version) are refused, all of them named."""
+        types = {"model": ModelConfig, "data": DataConfig, "loss": LossConfig, "optim": OptimConfig,
+                 "train": TrainConfig}
+        missing = [s for s in types if not isinstance(d.get(s), dict)]
+        if missing:
+            raise ValueError(f"config: sections missing: {missing}")
+        unknown = [k for k in d if k not in types and k != "preset"]
+        for s, t in types.items():
+            unknown += [f"{s}.{k}" for k in d[s] if k not in {f.name for f in dataclasses.fields(t)}]
+        if unknown:
+            raise ValueError(f"config: unknown fields {unknown} (written by another version of convirt_fast?)")
+        return cls(**{s: t(**d[s]) for s, t in types.items()}, preset=d.get("preset", "custom"))

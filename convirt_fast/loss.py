@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.distributed as dist
 from torch import Tensor, nn
 
 from convirt_fast.kernels.convirt_loss import BACKENDS, convirt_loss
@@ -39,12 +40,14 @@ class ConVIRTLoss(nn.Module):
                  gather: bool = False, *, normalize: bool = True, backend: str = "auto",
                  min_tau: float = 0.01):
         super().__init__()
-        if not tau > 0 or not min_tau > 0:
-            raise ValueError(f"tau and min_tau must be > 0; got {tau}, {min_tau}")
+        tau, min_tau = float(tau), float(min_tau)  # a 1-element tensor is read once, here
+        for name, value in (("tau", tau), ("min_tau", min_tau)):
+            if not (value > 0 and math.isfinite(value)):
+                raise ValueError(f"ConVIRTLoss: {name} must be a finite number > 0; got {value}")
         if not 0.0 <= lam <= 1.0:
-            raise ValueError(f"lam must lie in [0, 1]; got {lam}")
+            raise ValueError(f"ConVIRTLoss: lam must lie in [0, 1]; got {lam}")
         if backend not in BACKENDS:
-            raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+            raise ValueError(f"ConVIRTLoss: backend must be one of {BACKENDS}, got {backend!r}")
         self.lam, self.gather, self.normalize, self.backend = float(lam), gather, normalize, backend
         self.learnable_tau, self.min_tau = learnable_tau, float(min_tau)
         if learnable_tau:
@@ -61,8 +64,12 @@ class ConVIRTLoss(nn.Module):
 
     def forward(self, img: Tensor, txt: Tensor) -> Tensor:
         """img, txt: (N, D) projections; returns the 0-d fp32 loss."""
-        fn = convirt_loss_gathered if self.gather else convirt_loss
-        return fn(img, txt, self.tau, self.lam, normalize=self.normalize, backend=self.backend)
+        if self.gather and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+            return convirt_loss_gathered(img, txt, self.tau, self.lam, normalize=self.normalize, backend=self.backend)
+        # the temperature is a checked float or exp(log_tau) >= min_tau > 0: no value check (a
+        # host read, i.e. a sync per step on a GPU)
+        return convirt_loss(img, txt, self.tau, self.lam, normalize=self.normalize, backend=self.backend,
+                            check_tau=False)
 
     def extra_repr(self) -> str:
         tau = f"log_tau={self.log_tau.item():.4g}" if self.learnable_tau else f"tau={self.tau_value}"

@@ -58,6 +58,8 @@ from __future__ import annotations
 import functools
 import logging
 import math
+import warnings
+from typing import Callable, TypeVar
 
 import torch
 from torch import Tensor
@@ -68,6 +70,10 @@ from .backend import LossBackend, PairStats
 log = logging.getLogger(__name__)
 
 BACKENDS = ("auto", "triton", "torch")
+# Device types where backend="auto" runs the Triton kernels (a module constant so that the tests
+# can exercise the fallback below on a CPU).
+TRITON_DEVICE_TYPES = ("cuda",)
+T = TypeVar("T")
 
 
 def backend_module(name: str) -> LossBackend:
@@ -78,6 +84,57 @@ def backend_module(name: str) -> LossBackend:
 
         return triton_loss
     raise ValueError(f"backend must be one of {BACKENDS}, got {name!r}")
+
+
+# backend="auto" on a device where the Triton kernels cannot compile or launch (an older GPU, too
+# little shared memory for the tiles, no Triton installed) runs the torch path instead, with one
+# warning naming the reason. Only these failures fall back: Triton's own errors (compilation,
+# ptxas, out of resources, autotuning: all raised before a kernel runs) and the driver's refusal to
+# load or launch one ("Triton Error [CUDA]: ..."), except errors that mean memory ran out or the
+# context is broken (STICKY_LAUNCH_ERRORS: the torch path could not run either, and the real error
+# must surface). backend="triton" raises all of them.
+STICKY_LAUNCH_ERRORS = ("out of memory", "illegal", "misaligned", "unspecified launch failure",
+                        "device-side assert", "ecc error", "hardware stack error")
+_fallen_back: dict[str, str] = {}  # device -> reason: torch serves backend="auto" there from now on
+
+
+def kernel_failure(error: BaseException) -> bool:
+    """Whether `error` says the Triton kernels cannot compile or launch here (module comment)."""
+    if isinstance(error, ModuleNotFoundError):
+        return (error.name or "").split(".")[0] == "triton"
+    try:
+        from triton.errors import TritonError
+    except ImportError:
+        TritonError = ()  # noqa: N806 - no Triton: only the ImportError above can come from it
+    if TritonError and isinstance(error, TritonError):
+        return True
+    if type(error) is RuntimeError:  # not torch.OutOfMemoryError or other subclasses
+        text = str(error)
+        return text.startswith("Triton Error [") and not any(s in text.lower() for s in STICKY_LAUNCH_ERRORS)
+    return False
+
+
+def fell_back(device: torch.device) -> str | None:
+    """The reason backend="auto" runs torch on `device`, or None while Triton serves it."""
+    return _fallen_back.get(str(device))
+
+
+def run_with_fallback(device: torch.device, run: Callable[[str], T]) -> T:
+    """run("triton"), or run("torch") when the kernels cannot run on `device` (kernel_failure):
+    warned once per device, remembered, and torch runs this call and every later one there."""
+    if fell_back(device) is None:
+        try:
+            return run("triton")
+        except Exception as error:  # narrowed by kernel_failure; anything else is raised unchanged
+            if not kernel_failure(error):
+                raise
+            reason = f"{type(error).__name__}: {str(error).strip().splitlines()[0] if str(error).strip() else ''}"
+            _fallen_back[str(device)] = reason
+            name = torch.cuda.get_device_name(device) if device.type == "cuda" else str(device)
+            warnings.warn(f"convirt_loss: the Triton kernels cannot run on {device} ({name}): {reason}. "
+                          f"backend='auto' uses the plain-torch path on this device from now on (slower; "
+                          f"backend='triton' raises this error instead)", RuntimeWarning, stacklevel=2)
+    return run("torch")
 
 
 def h_scale_for(n_total: int) -> float:
@@ -155,6 +212,8 @@ def _direct(backend: str, n: int) -> bool:
 def forward_impl(img: Tensor, txt: Tensor, tau: Tensor, lam: float, normalize: bool, backend: str
                  ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
     """(loss, a, b, lr, lc, diag): the loss and the O(N) statistics the backward needs."""
+    if backend == "auto":  # Triton, or torch where the kernels cannot run (run_with_fallback)
+        return run_with_fallback(img.device, lambda be: forward_impl(img, txt, tau, lam, normalize, be))
     if _direct(backend, img.shape[0]):
         return torch_loss.direct_forward(img, txt, tau, lam, normalize)
     be = backend_module(backend)
@@ -176,7 +235,11 @@ def _(img, txt, tau, lam, normalize, backend):
 def backward_impl(grad: Tensor, img: Tensor, txt: Tensor, tau: Tensor, a: Tensor, b: Tensor,
                   lr: Tensor, lc: Tensor, diag: Tensor, lam: float, normalize: bool, backend: str
                   ) -> tuple[Tensor, Tensor, Tensor]:
-    """(d img, d txt, d tau) for upstream gradient `grad` (0-d)."""
+    """(d img, d txt, d tau) for upstream gradient `grad` (0-d). The statistics of either backend
+    serve the other (the same definitions), so a backward may fall back after a Triton forward."""
+    if backend == "auto":
+        return run_with_fallback(img.device, lambda be: backward_impl(grad, img, txt, tau, a, b, lr, lc, diag, lam,
+                                                                      normalize, be))
     n = img.shape[0]
     if _direct(backend, n):
         return torch_loss.direct_backward(grad, img, txt, tau, lr, lc, lam, normalize)
@@ -234,11 +297,12 @@ def resolve_backend(backend: str, device: torch.device) -> str:
     and the fused path launches fewer (4 forward, 12 forward + backward with autograd's fill of the
     output gradient: module docstring) than any torch computation of the loss (the reference: 17
     and 58 at N = 32, autograd's fill included), so there is no size below which
-    torch would be faster (docs/loss.md, "Backends and tiles")."""
+    torch would be faster (docs/loss.md, "Backends and tiles"). Where the kernels failed to compile or launch,
+    "auto" is torch from then on (run_with_fallback)."""
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
     if backend == "auto":
-        return "triton" if device.type == "cuda" else "torch"
+        return "triton" if device.type in TRITON_DEVICE_TYPES and fell_back(device) is None else "torch"
     return backend
 
 
@@ -255,32 +319,57 @@ def check_inputs(img: Tensor, txt: Tensor, lam: float, min_rows: int = 1) -> Non
         raise ValueError(f"lam must lie in [0, 1]; got {lam}")
 
 
+def check_tau_value(tau: float | Tensor, where: str = "tau") -> None:
+    """Refuse a temperature that is not a finite number > 0 (it divides every logit). A tensor's
+    value is read on the host (on a GPU, a sync: convirt_loss's check_tau)."""
+    if isinstance(tau, Tensor):
+        if tau.numel() != 1:
+            raise ValueError(f"{where} must be a float or a 1-element tensor; got shape {tuple(tau.shape)}")
+        if not tau.dtype.is_floating_point:
+            raise TypeError(f"{where} must be a floating-point tensor; got {tau.dtype}")
+        value = float(tau.detach().reshape(()).item())
+    else:
+        value = float(tau)
+    if not (value > 0 and math.isfinite(value)):
+        raise ValueError(f"{where} must be a finite number > 0 (the temperature divides every logit); got {value}")
+
+
 def tau_tensor(tau: float | Tensor, device: torch.device) -> Tensor:
+    """tau as a tensor on `device`; a float is checked here, a tensor's value by convirt_loss
+    (check_tau: reading it is a host read, which the trainer's step must not do)."""
     if isinstance(tau, Tensor):
         if tau.numel() != 1:
             raise ValueError(f"tau must be a float or a 1-element tensor; got shape {tuple(tau.shape)}")
         return tau.to(device)
-    if not tau > 0:
-        raise ValueError(f"tau must be > 0; got {tau}")
+    check_tau_value(tau)
     return torch.full((), float(tau), device=device, dtype=torch.float32)
 
 
 def convirt_loss(img: Tensor, txt: Tensor, tau: float | Tensor = 0.1, lam: float = 0.75, *,
-                 normalize: bool = True, backend: str = "auto") -> Tensor:
+                 normalize: bool = True, backend: str = "auto", check_tau: bool = True) -> Tensor:
     """ConVIRT loss L = (1/N) sum_i [lam l_i(v->u) + (1 - lam) l_i(u->v)] (PAPER.md, "Loss").
 
     img, txt: (N, D) image and text projections, fp32, bf16 or fp16 (one dtype), any strides; row i
         of one is paired with row i of the other, all other rows are negatives.
-    tau: temperature, a float or a 0-d tensor (a learnable temperature receives d loss / d tau).
+    tau: temperature > 0, a float or a 0-d tensor (a learnable temperature receives d loss / d tau).
     lam: weight of the image->text direction l(v->u); 1 - lam weighs text->image.
     normalize: L2-normalise the rows first (cosine similarities); False uses raw dot products.
-    backend: "auto" (Triton on CUDA tensors, torch otherwise), "triton" (on a CPU it needs
-        TRITON_INTERPRET=1), "torch" (plain torch: direct below N x N = torch_loss.DIRECT_ELEMS,
+    backend: "auto" (Triton on CUDA tensors, torch otherwise; torch also where the kernels cannot
+        compile or launch, with one warning naming why), "triton" (such failures raise; on a CPU it
+        needs TRITON_INTERPRET=1), "torch" (plain torch: direct below N x N = torch_loss.DIRECT_ELEMS,
         chunked above, memory O(N * chunk) in both passes).
+    check_tau: refuse a tensor tau <= 0 (a float always is). Reading the value is a host read, on a
+        GPU a sync per call: pass False when yours is positive by construction, as ConVIRTLoss's
+        learnable exp(log_tau) is (never checked under torch.compile).
     Returns a 0-d fp32 tensor. No N x N matrix is ever stored (module docstring: FLOPs, memory).
     """
     check_inputs(img, txt, lam)
-    backend = resolve_backend(backend, img.device)
-    if _direct(backend, img.shape[0]) and not torch.compiler.is_compiling():
-        return torch_loss.direct_loss(img, txt, tau_tensor(tau, img.device), float(lam), normalize)
-    return ConVIRTLossFunction.apply(img, txt, tau_tensor(tau, img.device), float(lam), normalize, backend)
+    if check_tau and isinstance(tau, Tensor) and not torch.compiler.is_compiling():
+        check_tau_value(tau)
+    resolved = resolve_backend(backend, img.device)
+    tau_t = tau_tensor(tau, img.device)
+    if _direct(resolved, img.shape[0]) and not torch.compiler.is_compiling():
+        return torch_loss.direct_loss(img, txt, tau_t, float(lam), normalize)
+    # "auto" reaches the ops as such while it means Triton: they fall back if the kernels cannot run
+    op_backend = "auto" if backend == "auto" and resolved == "triton" else resolved
+    return ConVIRTLossFunction.apply(img, txt, tau_t, float(lam), normalize, op_backend)

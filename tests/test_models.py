@@ -373,6 +373,18 @@ def test_build_model_from_local_text_folder(tmp_path, tokenizer):
         build_model(dataclasses.replace(cfg, text_encoder=str(tmp_path / "no_such_bert")))
 
 
+def test_text_encoder_folder_without_tokenizer_is_refused(tmp_path, tokenizer):
+    """A BERT saved without its tokenizer: transformers would build an empty one (every word
+    [UNK]); the folder is refused, named, with what to do."""
+    folder = tmp_path / "bert_alone"
+    build_bert(vocab_size=len(tokenizer), layers=1, hidden=32, heads=2).save_pretrained(folder)
+    cfg = dataclasses.replace(TINY, text_encoder=str(folder), freeze_text_layers=0)
+    with pytest.raises(FileNotFoundError, match=r"bert_alone: no tokenizer in this folder .*save_pretrained"):
+        build_model(cfg)
+    tokenizer.save_pretrained(folder)
+    assert build_model(cfg)[1].get_vocab() == tokenizer.get_vocab()
+
+
 def test_load_bert_from_masked_lm_checkpoint_and_refuses_partial_ones(tmp_path):
     """ClinicalBERT-style folders hold a BertForMaskedLM: its encoder loads, the MLM head is
     ignored; a checkpoint lacking encoder weights is refused (not silently re-initialised)."""

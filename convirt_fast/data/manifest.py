@@ -4,7 +4,8 @@ Layout of a prepared folder (the data root; every path in the manifest is relati
 
     manifest.csv     one row per study, UTF-8 CSV (RFC 4180 quoting; reports keep their newlines)
     manifest.json    metadata: format, source, label columns, counts, reject counts, and the
-                     SHA-256 of manifest.csv and of the sentence index (the content hash)
+                     SHA-256 of manifest.csv and of the sentence index (the content hash), each
+                     with the file's size and mtime beside it (<key>_size, <key>_mtime_ns)
     sentences.idx    the sentence index (convirt_fast.text.SentenceIndex), row i = study i
     rejects.csv      what was dropped and why (see convirt_fast.data.rejects)
     images/...       the images, pre-resized to 256 px on the long side
@@ -20,12 +21,18 @@ manifest.csv columns, in this order:
                        "-1" uncertain, "" blank (not mentioned); names listed in manifest.json
 
 manifest.json is written last, atomically: a folder without it is an unfinished prepare.
+
+Integrity (`verify_files`): loading checks each recorded file cheaply, by size and mtime; a size
+that differs is refused at once (a half-copied or changed folder), an mtime that differs (a copy
+that did not keep times, an edit) means the file is hashed in full, as do `full_hash=True` and
+`prepare check`. Folders prepared before sizes and times were recorded are hashed in full.
 """
 
 from __future__ import annotations
 
 import csv
 import json
+import logging
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,8 +50,15 @@ REJECTS_CSV = "rejects.csv"
 CORE_COLUMNS = ("study_id", "patient_id", "split", "images", "report")
 SPLITS = ("train", "validate", "test", "retrieval")
 
+# The files manifest.json records a hash of: (meta key, default name). The hash is "<key>_sha256",
+# the size and mtime beside it "<key>_size" and "<key>_mtime_ns".
+HASHED_FILES = (("manifest", MANIFEST_CSV), ("sentence_index", SENTENCE_INDEX))
+
 # A report can be far longer than csv's default 128 KiB field limit.
 csv.field_size_limit(1 << 30)
+log = logging.getLogger(__name__)
+_hashed: dict[tuple[str, int, int], str] = {}  # (path, size, mtime_ns) -> SHA-256 verified in this process
+_told_unstamped: set[str] = set()  # folders whose manifest.json records no sizes/times (said once each)
 
 
 class ManifestError(ValueError):
@@ -128,6 +142,15 @@ def write_manifest_csv(path: Path, studies: Sequence[Study], label_columns: Sequ
 
 
 def write_meta(path: Path, meta: dict) -> None:
+    """Writes manifest.json atomically. Beside each hash it records (HASHED_FILES) it records the
+    file's size and mtime as it is now, for load_manifest's cheap check."""
+    path = Path(path)
+    meta = dict(meta)
+    for key, default in HASHED_FILES:
+        hashed = path.parent / meta.get(key, default)
+        if f"{key}_sha256" in meta and hashed.is_file():
+            st = hashed.stat()
+            meta[f"{key}_size"], meta[f"{key}_mtime_ns"] = st.st_size, st.st_mtime_ns
     with atomic_write(path, "w", encoding="utf-8") as f:
         json.dump(meta, f, indent=2, sort_keys=True)
         f.write("\n")
@@ -153,24 +176,68 @@ def read_meta(path: Path) -> dict | None:
         raise ManifestError(f"{meta_path}: unreadable metadata: {e}") from e
 
 
-def load_manifest(path: Path, *, verify_hash: bool = True) -> Manifest:
+def _remedy(root: Path, meta: dict) -> str:
+    return (f"copy the folder again from where it was prepared, or prepare it again (python -m convirt_fast.prepare "
+            f"<source> ... --out {root}; its source: {meta.get('source', 'unknown')!r}); "
+            f"python -m convirt_fast.prepare check --train {root} verifies every file in full")
+
+
+def verify_files(root: Path, meta: dict, *, full_hash: bool = False, manifest_csv: Path | None = None) -> None:
+    """Refuse a prepared folder whose manifest.csv or sentence index is not the one prepared,
+    naming the file and what to run. Cheap by default: a file whose size and mtime are those
+    recorded (and older than manifest.json itself, which rules out an edit in the same clock
+    tick) is taken as is; a size that differs is refused without reading; otherwise, and always
+    with `full_hash`, the file is hashed (once per process for a given size and mtime).
+    `manifest_csv`: the table being loaded, when not the one manifest.json names."""
+    root = Path(root)
+    meta_json = root / META_JSON
+    meta_mtime = meta_json.stat().st_mtime_ns if meta_json.is_file() else -1
+    for key, default in HASHED_FILES:
+        expected = meta.get(f"{key}_sha256")
+        if expected is None:
+            continue
+        path = manifest_csv if key == "manifest" and manifest_csv is not None else root / meta.get(key, default)
+        if not path.is_file():
+            raise ManifestError(f"{path}: missing, but {META_JSON} records it: the folder is incomplete; "
+                                f"{_remedy(root, meta)}")
+        st = path.stat()
+        size, mtime = meta.get(f"{key}_size"), meta.get(f"{key}_mtime_ns")
+        if size is not None and st.st_size != size:
+            raise ManifestError(f"{path}: {st.st_size:,} bytes, {META_JSON} records {size:,}: the file changed or was "
+                                f"copied incompletely after it was prepared; {_remedy(root, meta)}")
+        stamp = (str(path.resolve()), st.st_size, st.st_mtime_ns)
+        if not full_hash:
+            if size is not None and st.st_mtime_ns == mtime and mtime < meta_mtime:
+                continue
+            if _hashed.get(stamp) == expected:
+                continue
+            if size is None and str(root) not in _told_unstamped:
+                _told_unstamped.add(str(root))
+                log.warning("%s: %s records no file sizes and times (prepared by an older version): the files "
+                            "are hashed in full when loaded (once per process); prepare the folder again to record "
+                            "them", root, META_JSON)
+        actual = file_sha256(path)
+        if actual != expected:
+            raise ManifestError(f"{path}: content hash {actual[:12]}... does not match {META_JSON} "
+                                f"({expected[:12]}...): the file changed after it was prepared; {_remedy(root, meta)}")
+        _hashed[stamp] = actual
+
+
+def load_manifest(path: Path, *, verify_hash: bool = True, full_hash: bool = False) -> Manifest:
     """Loads and checks a manifest (a prepared folder or its manifest.csv).
 
-    Refuses, naming the file and the problem: missing columns (all of them named), label columns
-    that manifest.json lists but the table lacks, a content hash that does not match, an empty
-    image list, a bad label value, an unknown split or a repeated study id.
+    Refuses, naming the file and the problem: a manifest.csv or sentence index that is not the one
+    prepared (verify_files: cheap size and mtime check, full hash with `full_hash`; none without
+    `verify_hash`), missing columns (all of them named), label columns that manifest.json lists
+    but the table lacks, an empty image list, a bad label value, an unknown split or a repeated
+    study id.
     """
     csv_path, root = _resolve(path)
     meta = read_meta(csv_path) or {}
     if meta and meta.get("format") != FORMAT:
         raise ManifestError(f"{root / META_JSON}: format {meta.get('format')!r}, expected {FORMAT!r}")
-    if verify_hash and "manifest_sha256" in meta:
-        actual = file_sha256(csv_path)
-        if actual != meta["manifest_sha256"]:
-            raise ManifestError(
-                f"{csv_path}: content hash {actual[:12]}... does not match manifest.json "
-                f"({meta['manifest_sha256'][:12]}...): the table changed after it was prepared"
-            )
+    if verify_hash:
+        verify_files(root, meta, full_hash=full_hash, manifest_csv=csv_path)
     with open(csv_path, encoding="utf-8", newline="") as f:
         reader = csv.reader(f)
         header = next(reader, None)

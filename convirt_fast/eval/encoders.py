@@ -170,9 +170,17 @@ def load_encoder(source: str, reference: Config | None = None, arch: str | None 
 
 
 def _is_checkpoint(path: Path) -> bool:
+    """Whether `path` is a convirt_fast checkpoint. What torch.load raises for a file of another
+    kind (a legacy or non-torch file, a truncated zip: RuntimeError; a pickled module: the
+    weights-only unpickler's error) means no, and load_image_weights will say what it is; an
+    unreadable file (OSError) or running out of memory is raised."""
+    import pickle
+
     try:
         state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except Exception:  # not ours; load_image_weights will say what it is
+    except torch.OutOfMemoryError:
+        raise
+    except (RuntimeError, pickle.UnpicklingError, EOFError, ValueError):
         return False
     from convirt_fast.checkpoint import FORMAT
 

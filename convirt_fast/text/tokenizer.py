@@ -10,6 +10,11 @@ from pathlib import Path
 from typing import Iterable
 
 SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+# A saved tokenizer's vocabulary is one of these (fast: tokenizer.json; WordPiece: vocab.txt; BPE:
+# vocab.json; SentencePiece: the .model files). Without one, transformers >= 5 builds an empty
+# tokenizer from the model's config.json and every word becomes [UNK]: refused instead.
+VOCAB_FILES = ("tokenizer.json", "vocab.txt", "vocab.json", "spiece.model", "sentencepiece.bpe.model",
+               "tokenizer.model")
 
 
 def train_wordpiece(sentences: Iterable[str], *, vocab_size: int = 8000, lowercase: bool = True,
@@ -57,10 +62,21 @@ def train_wordpiece(sentences: Iterable[str], *, vocab_size: int = 8000, lowerca
 
 
 def load_tokenizer(path: str | Path):
-    """A fast tokenizer from a local folder (e.g. a saved ClinicalBERT); never the hub."""
+    """A fast tokenizer from a local folder (e.g. a saved ClinicalBERT); never the hub. A folder
+    without a tokenizer (a model saved alone) is refused, naming it and the files looked for."""
     from transformers import AutoTokenizer
 
     path = Path(path)
     if not path.is_dir():
         raise FileNotFoundError(f"{path}: tokenizer folder not found (hub downloads are disabled; pass a local folder)")
-    return AutoTokenizer.from_pretrained(str(path), use_fast=True, local_files_only=True)
+    if not any((path / name).is_file() for name in VOCAB_FILES):
+        raise FileNotFoundError(
+            f"{path}: no tokenizer in this folder (none of {', '.join(VOCAB_FILES)}); the model was saved without "
+            f"its tokenizer: save it there too (tokenizer.save_pretrained('{path}'))")
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(path), use_fast=True, local_files_only=True)
+    except (OSError, ValueError) as e:
+        raise ValueError(f"{path}: the tokenizer in this folder cannot be loaded: {e}") from e
+    if len(tokenizer) <= len(tokenizer.all_special_tokens):
+        raise ValueError(f"{path}: the tokenizer has no vocabulary beyond its {len(tokenizer)} special tokens")
+    return tokenizer
