@@ -45,6 +45,28 @@ def _set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state(state["cuda"])
 
 
+def _default_run_name(preset: str) -> str:
+    """<preset>-<date>-<time>, or under torchrun the same name in every restart attempt of one
+    launch (`--max-restarts`), so that train.resume=auto finds the last attempt's checkpoint:
+    <preset>-<rendezvous id> (`--standalone` draws one per launch; several nodes: pass the same
+    --rdzv_id on each, and a relaunch with that id resumes too), or with torchrun's default id
+    "none", the date and time the torchrun process (this one's parent) started."""
+    import os
+
+    run_id = os.environ.get("TORCHELASTIC_RUN_ID")
+    if run_id is None:  # not under torchrun
+        return f"{preset}-{datetime.now():%Y%m%d-%H%M%S}"
+    if run_id != "none":
+        return f"{preset}-{run_id}"
+    try:  # /proc/<pid>/stat field 22: start time in clock ticks after boot (/proc/stat btime)
+        ticks = int(Path(f"/proc/{os.getppid()}/stat").read_text().rsplit(")", 1)[1].split()[19])
+        boot = next(int(line.split()[1]) for line in open("/proc/stat") if line.startswith("btime"))
+        started = datetime.fromtimestamp(boot + ticks / os.sysconf("SC_CLK_TCK"))
+    except (OSError, ValueError, IndexError, StopIteration):
+        started = datetime.now()
+    return f"{preset}-{started:%Y%m%d-%H%M%S}"
+
+
 class Trainer:
     def __init__(self, cfg: Config):
         from convirt_fast.data.loader import ConVIRTLoader
@@ -104,7 +126,7 @@ class Trainer:
 
     def _run_dir(self) -> Path:
         cfg = self.cfg
-        name = cfg.train.run_name or broadcast_object(f"{cfg.preset}-{datetime.now():%Y%m%d-%H%M%S}")
+        name = cfg.train.run_name or broadcast_object(_default_run_name(cfg.preset))
         run_dir = Path(cfg.train.out_dir) / name
         if self.info.is_main:
             run_dir.mkdir(parents=True, exist_ok=True)
@@ -167,7 +189,8 @@ class Trainer:
         if resume == "auto" and not path.exists():
             return False
         state = load_checkpoint(path)
-        check_compatible(path, state["config"]["model"], self.cfg.to_dict()["model"])
+        check_compatible(path, state["config"]["model"], self.cfg.to_dict()["model"],
+                         saved_state=state["model"], current_state=self.model.state_dict())
         if state["loader"].get("world_size") != self.info.world_size:
             raise CheckpointError(f"{path}: saved with {state['loader'].get('world_size')} ranks, resuming with "
                                   f"{self.info.world_size}: exact resume needs the same number of ranks")
