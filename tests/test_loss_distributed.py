@@ -109,6 +109,9 @@ def _worker(rank, init_file, checks):
     try:
         for name, args in checks:
             globals()[name](rank, *args)
+        # Leave together: a rank tearing gloo down while the other still talks to it aborts
+        # ("terminate called without an active exception", SIGABRT), seen in CI.
+        dist.barrier()
     finally:
         dist.destroy_process_group()
 
