@@ -144,8 +144,8 @@ def finalize(
     no sentence index is written (manifest.json says "text": false)."""
     out = Path(out)
     if not text:
-        return _finalize_images_only(out, studies, image_keys, label_columns, rejects, source, params,
-                                     images_written, images_skipped, extra_meta)
+        return _write_prepared(out, studies, image_keys, label_columns, rejects, source, params,
+                               images_written, images_skipped, extra_meta)
     origins = _origins(studies, reject_origins)
     files = {s.study_id: (f, o) for s, f, o in zip(studies, report_files, origins)}
     studies, image_keys = drop_empty_reports(studies, image_keys, rejects, report_files, origins)
@@ -165,14 +165,22 @@ def finalize(
         studies = [s for i, s in enumerate(studies) if i not in empty]
         image_keys = [k for i, k in enumerate(image_keys) if i not in empty]
         index = SentenceIndex.build([s.report for s in studies], threads=threads, min_tokens=MIN_TOKENS, sections=True)
+    return _write_prepared(out, studies, image_keys, label_columns, rejects, source, params, images_written,
+                           images_skipped, extra_meta, index)
+
+
+def _write_prepared(out, studies, image_keys, label_columns, rejects, source, params, images_written,
+                    images_skipped, extra_meta, index=None) -> PrepareSummary:
+    """The folder's files, manifest.json last (a folder without it is unfinished). `index`: the
+    sentence index of a paired set; None for an image-only evaluation set ("text": false)."""
     if not studies:
         raise PrepareError(f"{out}: no study left to prepare; see the rejects ({rejects.counts()})")
     assert_no_leakage(studies, image_keys, what=str(out))
-
     out.mkdir(parents=True, exist_ok=True)
     meta_path = out / META_JSON
     meta_path.unlink(missing_ok=True)  # from here on the folder is unfinished until rewritten
-    index.save(str(out / SENTENCE_INDEX))
+    if index is not None:
+        index.save(str(out / SENTENCE_INDEX))
     rejects.write(out / REJECTS_CSV)
     manifest_sha = write_manifest_csv(out / MANIFEST_CSV, studies, label_columns)
     splits = split_counts(studies)
@@ -184,42 +192,12 @@ def finalize(
         "label_columns": list(label_columns),
         "studies": len(studies),
         "splits": splits,
-        "sentences": index.num_sentences,
+        **({"sentences": index.num_sentences} if index is not None else {"text": False}),
         "rejects": rejects.counts(),
         "manifest": MANIFEST_CSV,
         "manifest_sha256": manifest_sha,
-        "sentence_index": SENTENCE_INDEX,
-        "sentence_index_sha256": file_sha256(out / SENTENCE_INDEX),
-        "rejects_file": REJECTS_CSV,
-        **(extra_meta or {}),
-    }
-    write_meta(meta_path, meta)
-    return PrepareSummary(out, len(studies), splits, rejects.counts(), images_written, images_skipped)
-
-
-def _finalize_images_only(out, studies, image_keys, label_columns, rejects, source, params, images_written,
-                          images_skipped, extra_meta) -> PrepareSummary:
-    if not studies:
-        raise PrepareError(f"{out}: no study left to prepare; see the rejects ({rejects.counts()})")
-    assert_no_leakage(studies, image_keys, what=str(out))
-    out.mkdir(parents=True, exist_ok=True)
-    meta_path = out / META_JSON
-    meta_path.unlink(missing_ok=True)
-    rejects.write(out / REJECTS_CSV)
-    manifest_sha = write_manifest_csv(out / MANIFEST_CSV, studies, label_columns)
-    splits = split_counts(studies)
-    meta = {
-        "format": FORMAT,
-        "source": source,
-        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "params": params,
-        "label_columns": list(label_columns),
-        "studies": len(studies),
-        "splits": splits,
-        "text": False,
-        "rejects": rejects.counts(),
-        "manifest": MANIFEST_CSV,
-        "manifest_sha256": manifest_sha,
+        **({"sentence_index": SENTENCE_INDEX, "sentence_index_sha256": file_sha256(out / SENTENCE_INDEX)}
+           if index is not None else {}),
         "rejects_file": REJECTS_CSV,
         **(extra_meta or {}),
     }
