@@ -76,6 +76,9 @@ class Trainer:
         self.cfg = cfg
         self.info = info = init_distributed()
         self.device = info.device
+        if cfg.data.batch_size * info.world_size < 2:  # config.py checks the rest; this needs the ranks
+            raise ValueError(f"data.batch_size={cfg.data.batch_size} on {info.world_size} rank(s) with loss.gather: "
+                             f"a global batch of one pair has no negatives; use data.batch_size >= 2 or more ranks")
         if self.device.type == "cuda":
             # Fixed input sizes (every batch is batch_size x output_size^2): let cuDNN pick the
             # fastest convolution algorithms once, as every competent CNN training script does.

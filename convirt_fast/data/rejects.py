@@ -25,7 +25,7 @@ from __future__ import annotations
 import csv
 import threading
 from collections import Counter
-from dataclasses import astuple, dataclass, fields
+from dataclasses import asdict, astuple, dataclass, fields
 from pathlib import Path
 
 from convirt_fast.data.atomic import atomic_write
@@ -92,6 +92,9 @@ class Origin:
 
 @dataclass(frozen=True)
 class Reject:
+    """One rejects.csv row: the original four columns, then Origin's fields (same names, same
+    order: RejectLog.add fills them by name), then the sentence."""
+
     item: str
     file: str
     reason: str
@@ -146,11 +149,9 @@ class RejectLog:
     def add(self, item: str, file: str, reason: str, detail: str = "", origin: Origin | None = None) -> None:
         """`origin`: where the record is (table, start line, image, ids); without it the entry
         has the original four columns only."""
-        o = origin or Origin()
         item, file, detail = _clean(item), _clean(file), _clean(detail)
-        o = Origin(_clean(o.source), o.line, _clean(o.image), _clean(o.study_id), _clean(o.patient_id), _clean(o.report))
-        r = Reject(item, file, reason, detail, o.source, o.line, o.image, o.study_id, o.patient_id, o.report,
-                   describe(item, file, reason, detail, o))
+        where = {k: v if k == "line" else _clean(v) for k, v in asdict(origin or Origin()).items()}
+        r = Reject(item, file, reason, detail, **where, message=describe(item, file, reason, detail, Origin(**where)))
         with self._lock:
             self._items.append(r)
 
