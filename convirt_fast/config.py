@@ -194,8 +194,8 @@ class TrainConfig:
     out_dir: str = "runs"
     """Runs are written to out_dir/run_name."""
     run_name: str | None = None
-    """Run folder name; None: <preset>-<date>-<time>, or under torchrun <preset>-<rendezvous id>,
-    the same in every restart attempt (--max-restarts), so that a restart resumes."""
+    """Run folder name; None: <preset>-<date>-<time> (under torchrun: when torchrun started, so every
+    restart attempt of --max-restarts finds and resumes it; with a chosen --rdzv_id: <preset>-<id>)."""
     resume: str | None = "auto"
     """auto: continue the run folder's last checkpoint if there is one; a checkpoint path; or None."""
     checkpoint_every: int = 200

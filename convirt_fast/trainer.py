@@ -46,17 +46,24 @@ def _set_rng_state(state: dict) -> None:
 
 
 def _default_run_name(preset: str) -> str:
-    """<preset>-<date>-<time>, or under torchrun the same name in every restart attempt of one
-    launch (`--max-restarts`), so that train.resume=auto finds the last attempt's checkpoint:
-    <preset>-<rendezvous id> (`--standalone` draws one per launch; several nodes: pass the same
-    --rdzv_id on each, and a relaunch with that id resumes too), or with torchrun's default id
-    "none", the date and time the torchrun process (this one's parent) started."""
+    """<preset>-<date>-<time>, the same in every restart attempt of one torchrun launch
+    (`--max-restarts`), so that train.resume=auto finds the last attempt's checkpoint: under
+    torchrun the time is when the torchrun process (this one's parent) started. A rendezvous id
+    the user chose (`--rdzv_id`, the same on every node) names the run instead, <preset>-<id>, so a
+    relaunch with that id continues it; torchrun's own ids (a fresh uuid per launch, or "none")
+    do not."""
     import os
+    import uuid
 
     run_id = os.environ.get("TORCHELASTIC_RUN_ID")
     if run_id is None:  # not under torchrun
         return f"{preset}-{datetime.now():%Y%m%d-%H%M%S}"
-    if run_id != "none":
+    try:
+        uuid.UUID(run_id)
+        chosen = False  # drawn by torchrun (--standalone, or no --rdzv_id on one node)
+    except ValueError:
+        chosen = run_id != "none"
+    if chosen:
         return f"{preset}-{run_id}"
     try:  # /proc/<pid>/stat field 22: start time in clock ticks after boot (/proc/stat btime)
         ticks = int(Path(f"/proc/{os.getppid()}/stat").read_text().rsplit(")", 1)[1].split()[19])

@@ -239,22 +239,24 @@ _NAME = "from convirt_fast.trainer import _default_run_name; print(_default_run_
 
 
 def test_default_run_name_is_the_same_in_every_restart_attempt(monkeypatch):
-    """Under torchrun the default run folder is named by the rendezvous id, or with torchrun's
-    default id "none" by the start time of the torchrun process (the parent): each restart
-    attempt, a new process, finds the same folder. Without torchrun: the time now."""
+    """Under torchrun the default run folder is named by a rendezvous id the user chose, else (a
+    uuid torchrun drew, or its default "none") by the start time of the torchrun process (the
+    parent): each restart attempt, a new process, finds the same folder, and the folder reads
+    <preset>-<date>-<time> as without torchrun."""
     from convirt_fast.trainer import _default_run_name
 
     monkeypatch.setenv("TORCHELASTIC_RUN_ID", "job-42")
     assert _default_run_name("p") == "p-job-42"
-    monkeypatch.setenv("TORCHELASTIC_RUN_ID", "none")
-    names = []
-    for _ in range(2):  # two "attempts" of one parent (this process), a second apart
-        names.append(subprocess.run([sys.executable, "-c", _NAME], capture_output=True, text=True,
-                                    check=True).stdout.strip())
-        time.sleep(1.1)
-    assert names[0] == names[1]
-    named = datetime.strptime(names[0][2:], "%Y%m%d-%H%M%S").timestamp()
-    assert abs(named - start_time_by_ps(os.getpid())) <= 1.0  # ps rounds on its own
+    for drawn in ("none", "daab996c-5056-4fae-b084-86766e61d0ec"):
+        monkeypatch.setenv("TORCHELASTIC_RUN_ID", drawn)
+        names = []
+        for _ in range(2):  # two "attempts" of one parent (this process), a second apart
+            names.append(subprocess.run([sys.executable, "-c", _NAME], capture_output=True, text=True,
+                                        check=True).stdout.strip())
+            time.sleep(1.1)
+        assert names[0] == names[1]
+        named = datetime.strptime(names[0][2:], "%Y%m%d-%H%M%S").timestamp()
+        assert abs(named - start_time_by_ps(os.getpid())) <= 1.0  # ps rounds on its own
     monkeypatch.delenv("TORCHELASTIC_RUN_ID")
     before = datetime.now().replace(microsecond=0)
     name = datetime.strptime(_default_run_name("p")[2:], "%Y%m%d-%H%M%S")
