@@ -104,8 +104,11 @@ def help_text(cfg: Config) -> str:
     return "\n".join(lines)
 
 
-def parse_args(argv: list[str]) -> Config | str:
-    """A Config from the command line, or the help text when --help is asked for."""
+def parse_args(argv: list[str]) -> Config:
+    """The Config that the command line asks for.
+
+    `-h`/`--help` prints `help_text` (with the defaults of the chosen preset) to stdout and raises
+    SystemExit(0), as argparse does. A bad option, value or preset raises ValueError naming it."""
     preset = "cpu-default"
     overrides: list[tuple[str, str]] = []
     i = 0
@@ -132,7 +135,8 @@ def parse_args(argv: list[str]) -> Config | str:
         raise ValueError(f"unknown preset {preset!r}; presets: {', '.join(PRESETS)}{_did_you_mean(preset, PRESETS)}")
     cfg = PRESETS[preset]()
     if wants_help:
-        return help_text(cfg)
+        print(help_text(cfg))
+        raise SystemExit(0)
     for key, value in overrides:
         _set(cfg, key.split("."), value, key)
     _revalidate(cfg)
