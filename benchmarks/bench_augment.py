@@ -76,8 +76,8 @@ def _torchvision_batches(manifest, spec):
 def _our_loader(manifest, spec, provider):
     backend = "dali" if provider == "dali" else "torch"
     decode = {"torch": "cpu", "torch_gpu_decode": "gpu"}.get(provider, "auto")
-    return ConVIRTLoader(manifest, None, batch_size=BATCH, augment=spec, backend=backend, decode=decode,
-                         device=DEVICE, num_workers=WORKERS)
+    return ConVIRTLoader(manifest, None, rows=manifest.split_indices("train"), batch_size=BATCH, augment=spec,
+                         backend=backend, decode=decode, device=DEVICE, num_workers=WORKERS)
 
 
 def _our_batches(loader):

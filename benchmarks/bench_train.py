@@ -132,7 +132,7 @@ def _convirt_fast(benchmark, root, run_dir, mcfg, size, batch_size):
 
     def step():  # as Trainer.fit: the step, the step count, a host read every log_every steps
         trainer.train_step([next(batches)])
-        trainer.step += 1
+        trainer.progress.step += 1
         if trainer.step % cfg.train.log_every == 0:
             trainer.flush(window_start[0])  # times the window itself, up to the end of its host read
             window_start[0] = time.perf_counter()

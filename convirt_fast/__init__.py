@@ -6,7 +6,7 @@ Public entry points are imported lazily so that `import convirt_fast.text` stays
 
 __version__ = "0.1.0"
 
-__all__ = ["ConVIRTLoss", "__version__"]
+__all__ = ["ConVIRTLoss", "load_pretrained", "__version__"]
 
 
 def __getattr__(name: str):
@@ -14,4 +14,8 @@ def __getattr__(name: str):
         from convirt_fast.loss import ConVIRTLoss
 
         return ConVIRTLoss
+    if name == "load_pretrained":
+        from convirt_fast.models.pretrained import load_pretrained
+
+        return load_pretrained
     raise AttributeError(f"module 'convirt_fast' has no attribute {name!r}")

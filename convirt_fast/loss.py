@@ -10,6 +10,7 @@ gather=True in `convirt_fast.kernels.distributed` (and docs/loss.md).
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
@@ -17,6 +18,7 @@ from torch import Tensor, nn
 
 from convirt_fast.kernels.convirt_loss import BACKENDS, convirt_loss
 from convirt_fast.kernels.distributed import convirt_loss_gathered
+from convirt_fast.require import require
 
 
 class ConVIRTLoss(nn.Module):
@@ -74,3 +76,24 @@ class ConVIRTLoss(nn.Module):
     def extra_repr(self) -> str:
         tau = f"log_tau={self.log_tau.item():.4g}" if self.learnable_tau else f"tau={self.tau_value}"
         return f"{tau}, lam={self.lam}, gather={self.gather}, normalize={self.normalize}, backend={self.backend!r}"
+
+
+@dataclass
+class LossConfig:
+    """The contrastive loss (PAPER.md "Loss"; convirt_fast.ConVIRTLoss)."""
+
+    tau: float = 0.1
+    """Temperature (initial value when learnable)."""
+    lam: float = 0.75
+    """Weight of the image->text direction; 1 - lam weighs text->image."""
+    learnable_tau: bool = False
+    """Learn the temperature (as CLIP does)."""
+    gather: bool = False
+    """Global batch: negatives from every rank (all-gather), exact global-batch gradients."""
+    backend: str = "auto"
+    """auto (Triton on CUDA, chunked torch otherwise), triton or torch."""
+
+    def __post_init__(self) -> None:
+        require(self.tau > 0 and math.isfinite(self.tau), "loss.tau", "finite, tau > 0", self.tau)
+        require(0 <= self.lam <= 1, "loss.lam", "in [0, 1]", self.lam)
+        require(self.backend in BACKENDS, "loss.backend", f"one of {BACKENDS}", self.backend)

@@ -20,6 +20,23 @@ from torch.nn.parallel import DistributedDataParallel
 from convirt_fast.distributed import DistInfo
 
 
+def parallelize(model: nn.Module, train, info: DistInfo) -> tuple[nn.Module, str, torch.dtype | None]:
+    """The model on this rank's device, wrapped for train.parallel and train.precision (and
+    compiled with train.compile): (the module to train, the parallelism used, the autocast dtype)."""
+    model.to(info.device)
+    if info.device.type == "cuda":
+        # Fixed input sizes: let cuDNN pick the fastest convolution algorithms once.
+        torch.backends.cudnn.benchmark = True
+    use_bf16 = train.precision == "bf16" or (train.precision == "auto" and info.device.type == "cuda")
+    autocast_dtype = torch.bfloat16 if use_bf16 else None
+    kind = resolve_parallel(train.parallel, info)
+    wrapped = wrap_model(model, kind, info, autocast_dtype)
+    if train.compile:
+        model.image_encoder.compile()
+        model.text_encoder.compile()
+    return wrapped, kind, autocast_dtype
+
+
 def resolve_parallel(kind: str, info: DistInfo) -> str:
     if kind == "auto":
         return "ddp" if info.distributed else "none"
@@ -78,3 +95,28 @@ def gradient_sync(model: nn.Module, enabled: bool):
             model.set_requires_gradient_sync(True)
     else:
         yield
+
+
+def average_outside_gradients(params, world_size: int) -> None:
+    """All-reduce (mean) the gradients of parameters that live outside DDP/FSDP (the loss's
+    learnable temperature): a device-side collective, no host wait."""
+    import torch.distributed as dist
+
+    for p in params:
+        if p.grad is not None:
+            dist.all_reduce(p.grad)
+            p.grad /= world_size
+
+
+def nonfinite_gradients(optimizer: torch.optim.Optimizer, grad_clip: float | None) -> torch.Tensor:
+    """1.0 when some gradient is inf/nan (a finite loss can still overflow in the backward), as
+    a device tensor, from the global gradient norm (clipped to `grad_clip` when set); the same on
+    every rank (under FSDP2 the norm over sharded gradients is an all-reduce)."""
+    params = [p for g in optimizer.param_groups for p in g["params"] if p.grad is not None]
+    if grad_clip:
+        norm = torch.nn.utils.clip_grad_norm_(params, grad_clip)
+    else:
+        norm = torch.nn.utils.get_total_norm([p.grad for p in params])
+    if hasattr(norm, "full_tensor"):
+        norm = norm.full_tensor()
+    return (~torch.isfinite(norm)).float()

@@ -40,6 +40,13 @@ class RunLog:
                 if isinstance(value, (int, float)):
                     self._tb.add_scalar(f"{kind}/{key}", value, step)
 
+    def setup(self, step: int, *, show: bool, **record) -> None:
+        """The once-per-process `setup` record (loss path, FLOPs); printed too when `show`."""
+        self.log(step, "setup", **record)
+        if show:
+            print(f"loss: {record['loss_input_dtype']} projections into the {record['loss_backend']} backend "
+                  f"(fp32 inside); {record['flops_per_step'] / 1e9:.1f} GFLOP per step on each rank (counted)")
+
     def records(self) -> list[dict]:
         if not self.path.exists():
             return []
@@ -48,6 +55,36 @@ class RunLog:
     def close(self) -> None:
         if self._tb is not None:
             self._tb.close()
+
+
+class ProgressBar:
+    """The training progress bar (rank 0 with train.progress; otherwise every call does nothing)."""
+
+    def __init__(self, total: int, initial: int, *, enabled: bool):
+        self.bar = None
+        if enabled:
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=total, initial=initial, desc="train", unit="step", dynamic_ncols=True)
+
+    def update(self) -> None:
+        if self.bar is not None:
+            self.bar.update(1)
+
+    def show(self, record: dict | None) -> None:
+        """A flushed window's figures beside the bar."""
+        if self.bar is not None and record is not None:
+            mfu = f", mfu={100 * record['mfu']:.1f}%" if record["mfu"] is not None else ""
+            self.bar.set_postfix_str(f"loss={record['loss']:.3f}, pairs/s={record['pairs_per_s']:.0f}, "
+                                     f"{record['step_ms']:.0f} ms/step{mfu}")
+
+    def write(self, line: str) -> None:
+        if self.bar is not None:
+            self.bar.write(line)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
 
 
 def plot_losses(records: list[dict], path: Path) -> Path | None:

@@ -1,8 +1,18 @@
-"""Learning-rate schedules with state for exact resume: the paper's plateau rule, or cosine."""
+"""The optimizer, and learning-rate schedules with state for exact resume: the paper's plateau
+rule, or cosine."""
 
 from __future__ import annotations
 
 import math
+
+import torch
+
+
+def build_optimizer(params, optim) -> torch.optim.AdamW:
+    """AdamW with the OptimConfig's lr, betas and weight decay, fused (CUDA and CPU): one kernel
+    for every parameter, and it takes `found_inf`, a device flag that skips the update without
+    the host ever reading it (Trainer.train_step)."""
+    return torch.optim.AdamW(params, lr=optim.lr, betas=optim.betas, weight_decay=optim.weight_decay, fused=True)
 
 
 class LRSchedule:
@@ -20,6 +30,10 @@ class LRSchedule:
         self.best = math.inf
         self.bad_validations = 0
         self.cuts = 0
+
+    @classmethod
+    def from_config(cls, optim, max_steps: int) -> "LRSchedule":
+        return cls(optim.lr, optim.schedule, max_steps, optim.warmup_steps, optim.plateau_patience, optim.plateau_factor)
 
     def lr(self, step: int) -> float:
         """The lr of optimizer step `step` (0-based)."""

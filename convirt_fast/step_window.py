@@ -13,6 +13,10 @@ from dataclasses import dataclass
 import torch
 
 
+class NonFiniteLoss(RuntimeError):
+    """A NaN or inf loss with train.on_nonfinite=stop; names the step and the studies."""
+
+
 @dataclass
 class WindowSummary:
     steps: int

@@ -23,21 +23,21 @@ from convirt_fast.distributed import cleanup
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Train as the command line says; 2 on a bad command line. --help prints every option and
+    exits 0 (SystemExit, from parse_args)."""
     try:
         cfg = parse_args(sys.argv[1:] if argv is None else argv)
     except ValueError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    if isinstance(cfg, str):
-        print(cfg)
-        return 0
-    from convirt_fast.trainer import Trainer, format_summary
+    from convirt_fast.post_train import format_summary, post_train
+    from convirt_fast.trainer import Trainer
 
     try:
         trainer = Trainer(cfg)
-        summary = trainer.finish(trainer.fit())
-        if trainer.info.is_main:
-            print(format_summary(summary))
+        summary = trainer.fit()
+        if trainer.info.is_main:  # evaluation, exports, plot, summary.json: from the run folder
+            print(format_summary(post_train(trainer.run_dir, summary, device=trainer.device)))
     finally:
         cleanup()
     return 0

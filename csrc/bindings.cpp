@@ -123,6 +123,16 @@ PYBIND11_MODULE(_C, m) {
       "count_tokens", [](const py::str& s) { return convirt::count_tokens(utf8_view(s)); },
       py::arg("sentence"), "Words that carry content (placeholders excluded).");
 
+  m.def("splitmix64", &convirt::splitmix64, py::arg("x"), "The splitmix64 finaliser of a 64-bit key.");
+  m.def(
+      "sample_choice",
+      [](uint64_t seed, uint64_t epoch, uint64_t report_id, uint64_t draw, int64_t count) {
+        if (count <= 0) throw py::value_error("sample_choice: count must be > 0");
+        return convirt::sample_choice(seed, epoch, report_id, draw, count);
+      },
+      py::arg("seed"), py::arg("epoch"), py::arg("report_id"), py::arg("draw"), py::arg("count"),
+      "Which of `count` items a key (seed, epoch, report id, draw) gets: uniform, from its 64-bit hash.");
+
   py::class_<SentenceIndex>(m, "SentenceIndex",
                             "Report -> sentences in CSR layout over one UTF-8 buffer.")
       .def_static(

@@ -35,13 +35,6 @@ struct Header {
 };
 static_assert(sizeof(Header) == 48, "header layout must match reference.py's struct");
 
-uint64_t splitmix64(uint64_t x) {
-  x += 0x9E3779B97F4A7C15ULL;
-  x = (x ^ (x >> 30)) * 0xBF58476D1CE4E5B9ULL;
-  x = (x ^ (x >> 27)) * 0x94D049BB133111EBULL;
-  return x ^ (x >> 31);
-}
-
 // One thread's share of a build: sentences of reports [begin, end).
 struct Shard {
   std::string text;
@@ -85,6 +78,13 @@ void check_offsets(const std::string& path, const char* what, const int64_t* off
 }
 
 }  // namespace
+
+uint64_t splitmix64(uint64_t x) {
+  x += 0x9E3779B97F4A7C15ULL;
+  x = (x ^ (x >> 30)) * 0xBF58476D1CE4E5B9ULL;
+  x = (x ^ (x >> 27)) * 0x94D049BB133111EBULL;
+  return x ^ (x >> 31);
+}
 
 uint64_t fnv1a64(std::string_view data) {
   uint64_t h = 0xCBF29CE484222325ULL;

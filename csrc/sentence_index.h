@@ -27,6 +27,9 @@ class IndexFormatError : public std::runtime_error {
 
 uint64_t fnv1a64(std::string_view data);
 
+// The splitmix64 finaliser: every seeded choice of the data pipeline chains it.
+uint64_t splitmix64(uint64_t x);
+
 // Which of `count` (> 0) sentences a report gets: uniform, from a 64-bit hash of its key.
 int64_t sample_choice(uint64_t seed, uint64_t epoch, uint64_t report_id, uint64_t draw, int64_t count);
 

@@ -43,3 +43,45 @@ def test_finetune_learns_and_stops_early(bright_dark):
     assert result["val_history"][result["best_epoch"] - 1] == max(result["val_history"])
     # The evaluated encoder itself is untouched: fine-tuning trains a copy.
     assert all(torch.equal(a, b) for a, b in zip(before, encoder.image_encoder.parameters()))
+
+
+def test_finetune_reuses_one_loader_reshuffled_each_epoch_with_the_seed(bright_dark, monkeypatch):
+    """One training loader for the whole run (set_epoch each epoch, its workers kept), one for
+    validation, one for the test: no loader per epoch. Each epoch is a new permutation of the
+    training rows drawn from (the run's seed, epoch); the same seed gives the same epochs."""
+    import convirt_fast.data.loader as loader_module
+    from convirt_fast.data.study_sampler import StudySampler
+
+    made = []
+
+    class Spy(loader_module.ConVIRTLoader):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            self.seen: dict[int, list[int]] = {}
+            made.append(self)
+
+        def __iter__(self):
+            epoch = self.epoch
+            for batch in super().__iter__():
+                self.seen.setdefault(epoch, []).extend(batch["rows"].tolist())
+                yield batch
+
+    monkeypatch.setattr(loader_module, "ConVIRTLoader", Spy)
+    task = build_task(bright_dark)
+    settings = FinetuneSettings(warmup_steps=2, max_epochs=3, batch_size=8)
+    runs = []
+    for seed in (0, 0, 1):
+        made.clear()
+        encoder = baseline("random", None, arch="resnet18").encoder
+        result = finetune_once(encoder, bright_dark, task, task.train_rows, seed=seed, settings=settings,
+                               spec=AugmentSpec(output_size=32), device="cpu")
+        assert result["epochs"] == 3 and len(made) == 3  # train, validate, test: built once each
+        train = made[0]
+        assert train.shuffle and sorted(train.rows) == sorted(task.train_rows)
+        assert list(train.seen) == [0, 1, 2] and all(sorted(v) == sorted(task.train_rows) for v in train.seen.values())
+        sampler = StudySampler(sorted(task.train_rows), 8, seed=seed, drop_last=False)
+        assert all(train.seen[e] == sampler.share(e) for e in range(3))
+        assert train.seen[0] != train.seen[1] != train.seen[2]
+        assert list(made[1].seen) == [0] and made[1].seen[0] == task.val_rows * 3  # validation: epoch 0, 3 times
+        runs.append(train.seen)
+    assert runs[0] == runs[1] and runs[0][0] != runs[2][0]

@@ -24,7 +24,8 @@ SPEC = AugmentSpec(output_size=32)
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory):
     """A 4-step pretraining run on SynthCXR n=60 at 32 px (checkpoints, tokenizer, exports)."""
-    from convirt_fast.data.synthcxr import ensure_synthcxr
+    from convirt_fast.prepare.synthetic import ensure_synthcxr
+    from convirt_fast.post_train import post_train
     from convirt_fast.trainer import Trainer
 
     root = tmp_path_factory.mktemp("eval-run")
@@ -39,7 +40,7 @@ def run_dir(tmp_path_factory):
         train=TrainConfig(max_steps=4, val_every=4, log_every=1, checkpoint_every=4, out_dir=str(root / "runs"),
                           run_name="run", progress=False, evaluate=False))
     trainer = Trainer(cfg)
-    trainer.finish(trainer.fit())
+    post_train(trainer.run_dir, trainer.fit())
     return root / "runs" / "run"
 
 
@@ -82,18 +83,21 @@ def test_task_all_on_tiny_synthcxr(run_dir, tmp_path):
 
 def test_encoder_sources_agree(run_dir, tmp_path):
     """Checkpoint, run folder and export (with the image projection and text folder beside it)
-    rank alike; the wrapper ranks as the trainer's ConVIRTModel does; the image encoder file
-    alone is the image side only."""
-    from convirt_fast.checkpoint import load_checkpoint
+    rank alike, all ConVIRTModels; they rank as the trainer's model does; the image encoder file
+    alone is the image side only, and an export folder loads as its image_encoder.safetensors."""
+    from convirt_fast.io import load_checkpoint
     from convirt_fast.data.manifest import load_manifest
-    from convirt_fast.models import build_model
+    from convirt_fast.models import ConVIRTModel, build_model
 
     from_folder = load_encoder(str(run_dir))
     from_export = load_encoder(str(run_dir / "export" / "image_encoder.safetensors"))
     assert from_folder.encoder.has_text and from_export.encoder.has_text
+    assert isinstance(from_folder.encoder, ConVIRTModel) and isinstance(from_export.encoder, ConVIRTModel)
+    assert from_folder.encoder.name == from_export.encoder.name == "run" and from_folder.encoder.max_length == 24
+    assert load_encoder(str(run_dir / "export")).source == from_export.source
     images = torch.randn(3, 1, 32, 32)
     with torch.no_grad():
-        assert torch.equal(from_folder.encoder.features(images), from_export.encoder.features(images))
+        assert torch.equal(from_folder.encoder.image_features(images), from_export.encoder.image_features(images))
         assert torch.equal(from_folder.encoder.encode_image(images), from_export.encoder.encode_image(images))
     alone = tmp_path / "image_encoder.safetensors"
     shutil.copy(run_dir / "export" / alone.name, alone)
@@ -116,7 +120,7 @@ def test_init_weights_file(tmp_path):
     path = tmp_path / "rgb_resnet18.pth"
     torch.save(torchvision.models.resnet18().state_dict(), path)  # three-channel stem, with fc
     loaded = load_encoder(str(path), arch="resnet18")
-    assert loaded.encoder.features(torch.randn(2, 1, 32, 32)).shape == (2, 512)
+    assert loaded.encoder.image_features(torch.randn(2, 1, 32, 32)).shape == (2, 512)
     with pytest.raises(ValueError, match="rgb_resnet18.pth"):
         load_encoder(str(path), arch="resnet50")
 

@@ -42,7 +42,8 @@ def tokenizer(synth):
     return train_wordpiece([synth.studies[i].report for i in synth.split_indices("train")], vocab_size=1000)
 
 
-def make(manifest, tokenizer, **kw):
+def make(manifest, tokenizer, split="train", **kw):
+    kw.setdefault("rows", manifest.split_indices(split))
     kw.setdefault("batch_size", 8)
     kw.setdefault("num_workers", 0)
     kw.setdefault("backend", "torch")
@@ -142,6 +143,21 @@ def test_resume_refuses_another_setup(synth, tokenizer):
         make(synth, tokenizer, seed=6).load_state_dict(state)
 
 
+def test_resume_refuses_other_rows_of_the_same_count(synth, tokenizer):
+    """The state fingerprints the rows: a resume with as many but other rows is refused, saying
+    so; the same rows in another order (a set, for a shuffling loader) resume."""
+    train, validate = synth.split_indices("train"), synth.split_indices("validate")
+    rows = train[:20]
+    state = make(synth, tokenizer, rows=rows, seed=5).state_dict()
+    assert state["num_rows"] == 20 and len(state["rows_sha256"]) == 16
+    other = train[:16] + validate[:4]
+    with pytest.raises(ValueError, match="another setup.*rows_sha256.*the rows drawn from differ"):
+        make(synth, tokenizer, rows=other, seed=5).load_state_dict(state)
+    make(synth, tokenizer, rows=rows[::-1], seed=5).load_state_dict(state)
+    old = {k: v for k, v in state.items() if k != "rows_sha256"}  # a state from before the fingerprint
+    make(synth, tokenizer, rows=rows, seed=5).load_state_dict(old)
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_bad_images_are_replaced_and_counted(synth, tokenizer, tmp_path, backend):
     root = tmp_path / "broken"
@@ -210,6 +226,121 @@ def test_evaluation_order_and_transform(synth, tokenizer):
     assert rows == sorted(rows)
     again = collect(make(synth, tokenizer, split="validate", train=False, batch_size=4))
     assert all(torch.equal(x["images"], y["images"]) for x, y in zip(batches, again))
+
+
+def test_rows_select_exactly_those_rows(synth, tokenizer):
+    """rows= is the selection, from any split. A shuffling loader treats it as a set (sorted:
+    the caller's order does not change the batches); an evaluation loader keeps its order."""
+    import random
+
+    rows = synth.split_indices("train")[::2] + synth.split_indices("validate")[:5]
+    shuffled = list(rows)
+    random.Random(0).shuffle(shuffled)
+    a = make(synth, tokenizer, rows=rows, batch_size=5, drop_last=False, seed=2)
+    b = make(synth, tokenizer, rows=shuffled, batch_size=5, drop_last=False, seed=2)
+    assert a.rows == b.rows == sorted(rows)
+    for epoch in range(2):
+        x, y = collect(a), collect(b)
+        got = torch.cat([batch["rows"] for batch in x]).tolist()
+        assert sorted(got) == sorted(rows)  # exactly those rows, each once
+        for p, q in zip(x, y):
+            assert torch.equal(p["rows"], q["rows"]) and torch.equal(p["images"], q["images"])
+            assert p["sentences"] == q["sentences"]
+    ordered = make(synth, tokenizer, rows=shuffled, train=False, batch_size=4, drop_last=False)
+    assert ordered.rows == shuffled
+    assert torch.cat([batch["rows"] for batch in collect(ordered)]).tolist() == shuffled
+
+
+def test_rows_are_checked(synth, tokenizer):
+    import dataclasses
+
+    from convirt_fast.data.manifest import Manifest
+
+    n = len(synth)
+    for rows, error, match in [([], ValueError, "no rows to draw from"),
+                               ([0, n], ValueError, f"rows outside the manifest's {n} rows: rows {n}"),
+                               ([3, 1, 3], ValueError, "rows given more than once: rows 3"),
+                               ("train", TypeError, r"split_indices\('train'\)")]:
+        with pytest.raises(error, match=match):
+            make(synth, tokenizer, rows=rows)
+    chosen = synth.split_indices("validate")[:3]
+    without_images = Manifest(synth.root, [dataclasses.replace(s, images=()) if i in chosen else s
+                                           for i, s in enumerate(synth.studies)], synth.label_columns, synth.meta)
+    with pytest.raises(ValueError, match=f"none of the 3 rows to draw from \\(rows {chosen[0]}, .*\\) has an "
+                                         f"image and a sentence"):
+        make(without_images, tokenizer, rows=chosen)
+    with pytest.raises(ValueError, match="none of the 3 rows .* has an image$"):
+        make(without_images, None, rows=chosen)
+    partly = make(without_images, tokenizer, rows=chosen + synth.split_indices("train")[:10], batch_size=2)
+    assert partly.excluded_without_text == 3 and set(partly.rows) == set(synth.split_indices("train")[:10])
+
+
+@pytest.mark.parametrize("train", [True, False], ids=["shuffling", "evaluation"])
+def test_set_epoch_reproduces_an_epoch(synth, tokenizer, train):
+    loader = make(synth, tokenizer, seed=3, train=train)
+    epochs = [collect(loader) for _ in range(3)]
+    assert loader.epoch == 3
+    collect(loader, limit=2)  # mid-epoch: set_epoch starts the chosen epoch from its first batch
+    for epoch in (1, 0, 2):
+        loader.set_epoch(epoch)
+        assert (loader.epoch, loader.position) == (epoch, 0)
+        again = collect(loader)
+        assert len(again) == len(epochs[epoch]) and loader.epoch == epoch + 1
+        for x, y in zip(again, epochs[epoch]):
+            assert torch.equal(x["rows"], y["rows"]) and torch.equal(x["images"], y["images"])
+            assert x["sentences"] == y["sentences"]
+    assert train == (not torch.equal(epochs[0][0]["rows"], epochs[1][0]["rows"]))  # shuffled per epoch or not
+    for bad in (-1, 1.5, "1"):
+        with pytest.raises(ValueError, match="epoch must be an integer"):
+            loader.set_epoch(bad)
+
+
+@pytest.mark.parametrize("train", [True, False], ids=["shuffling", "evaluation"])
+def test_one_loader_with_persistent_workers_across_epochs_equals_fresh_loaders(synth, tokenizer, train):
+    """Evaluation and fine-tuning reuse one loader: set_epoch each pass, the same worker
+    processes throughout, the batches those of a fresh loader per epoch."""
+    reused = make(synth, tokenizer, seed=6, train=train, num_workers=2, drop_last=False)
+    got, pids = [], set()
+    for epoch in (0, 1, 0):
+        reused.set_epoch(epoch)
+        got.append(collect(reused))
+        pids.add(tuple(w.pid for w in reused._live._workers))
+    assert len(pids) == 1  # no new worker processes
+    for epoch, batches in zip((0, 1, 0), got):
+        fresh = make(synth, tokenizer, seed=6, train=train, drop_last=False)
+        fresh.set_epoch(epoch)
+        expected = collect(fresh)
+        assert len(batches) == len(expected) > 0
+        for x, y in zip(batches, expected):
+            assert torch.equal(x["rows"], y["rows"]) and torch.allclose(x["images"], y["images"])
+            assert x["sentences"] == y["sentences"]
+    reused.close()
+
+
+def test_a_worker_reports_an_unreadable_image_as_an_image_problem(synth, tokenizer, tmp_path, caplog):
+    """A worker sends an ImageProblem (row, study, file, message), not a string to parse: a
+    folder with a colon in its name, which a split(":") would cut, is counted under its file."""
+    from convirt_fast.data.loader import ImageProblem
+
+    root = tmp_path / "with:colon"
+    shutil.copytree(synth.root, root)
+    manifest = load_manifest(root)
+    row = manifest.split_indices("train")[4]
+    path = manifest.image_paths(row)[0]
+    path.write_bytes(b"\x00" * 500)
+    loader = make(manifest, tokenizer, num_workers=2, drop_last=False, seed=1)
+    seen = []
+    finish = loader._finish
+    loader._finish = lambda raw: seen.extend(raw["problems"]) or finish(raw)  # what came from the workers
+    with caplog.at_level("WARNING", logger="convirt_fast.data.loader"):
+        rows = torch.cat([b["rows"] for b in collect(loader)]).tolist()
+    loader.close()
+    assert len(seen) == 1 and isinstance(seen[0], ImageProblem)
+    problem = seen[0]
+    assert (problem.row, problem.study_id, problem.path) == (row, manifest.studies[row].study_id, str(path))
+    assert problem.message.startswith(f"{path}: ") and "with:colon" in problem.path
+    assert dict(loader.replaced) == {str(path): 1} and row not in rows
+    assert f"study {problem.study_id} (row {row}" in caplog.text
 
 
 def test_backend_resolution():

@@ -4,7 +4,9 @@ that load into torchvision / transformers, the factory. CPU, tiny sizes (resnet1
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import logging
 import random
 
 import pytest
@@ -323,7 +325,38 @@ def test_expand_stem_checks():
     assert expand_stem(three)["conv1.weight"] is three["conv1.weight"]  # already 3 channels
 
 
-def test_text_export_reloads_with_transformers(tmp_path, model, tokenizer):
+@contextlib.contextmanager
+def _transformers_messages():
+    """Everything transformers says while loading: its log records (WARNING and up, its default
+    verbosity; its library logger does not propagate, so a handler goes on it) and Python warnings."""
+    import warnings
+
+    from transformers.utils import logging as hf_logging
+
+    records: list[str] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record):
+            records.append(record.getMessage())
+
+    handler, root, level = Keep(logging.WARNING), hf_logging.get_logger(), hf_logging.get_verbosity()
+    hf_logging.set_verbosity_warning()
+    root.addHandler(handler)
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            yield records
+        records.extend(str(w.message) for w in caught)
+    finally:
+        root.removeHandler(handler)
+        hf_logging.set_verbosity(level)
+
+
+def test_text_export_reloads_with_transformers(tmp_path, model, tokenizer, capfd):
+    """As a user would load it: AutoModel / AutoTokenizer, nothing missing, unexpected or "newly
+    initialized" (the pooler BertModel expects is exported, as zeros), the same features."""
+    from transformers import AutoModel
+
     folder = tmp_path / "text_encoder"
     export_text_encoder(model, tokenizer, folder)
     export_text_encoder(model, tokenizer, folder)  # replacing an existing export works
@@ -331,8 +364,19 @@ def test_text_export_reloads_with_transformers(tmp_path, model, tokenizer):
     assert not any(p.name.startswith(".") for p in tmp_path.iterdir())  # no temp folders left
 
     texts = ["cardiac silhouette is enlarged.", "no acute fracture and stable mediastinal contours."]
-    bert = BertModel.from_pretrained(str(folder), local_files_only=True).eval()
-    reloaded_tok = AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
+    capfd.readouterr()
+    with _transformers_messages() as messages:
+        bert, info = AutoModel.from_pretrained(str(folder), local_files_only=True, output_loading_info=True)
+        reloaded_tok = AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
+        bert_model = BertModel.from_pretrained(str(folder), local_files_only=True)
+    stderr = capfd.readouterr().err
+    assert messages == [], messages
+    for word in ("newly initialized", "MISSING", "UNEXPECTED", "LOAD REPORT"):
+        assert word not in stderr, stderr
+    assert type(bert) is BertModel and not any(info[k] for k in ("missing_keys", "unexpected_keys", "mismatched_keys"))
+    bert.eval()
+    torch.testing.assert_close(bert.pooler.dense.weight, torch.zeros_like(bert.pooler.dense.weight))
+    assert bert_model.pooler is not None
     tokens, reloaded_tokens = _tokens(tokenizer, texts), _tokens(reloaded_tok, texts)
     assert torch.equal(tokens["input_ids"], reloaded_tokens["input_ids"])
     with torch.no_grad():
@@ -340,7 +384,10 @@ def test_text_export_reloads_with_transformers(tmp_path, model, tokenizer):
         hidden = bert(**{k: reloaded_tokens[k] for k in ("input_ids", "attention_mask")}).last_hidden_state
         torch.testing.assert_close(masked_max_pool(hidden, reloaded_tokens["attention_mask"]), expected_features)
 
-        bert2, tok2, projection = load_text_encoder(folder)
+        capfd.readouterr()
+        with _transformers_messages() as messages:
+            bert2, tok2, projection = load_text_encoder(folder)  # ours: without the pooler, quietly
+        assert messages == [] and "LOAD REPORT" not in capfd.readouterr().err and bert2.pooler is None
         hidden2 = bert2(input_ids=tokens["input_ids"], attention_mask=tokens["attention_mask"]).last_hidden_state
         torch.testing.assert_close(projection(masked_max_pool(hidden2, tokens["attention_mask"])),
                                    model.encode_text(tokens["input_ids"], tokens["attention_mask"]))
@@ -427,3 +474,88 @@ def test_build_model_loads_image_weights_and_channels_last(tmp_path, tokenizer):
     x = _gray()
     with torch.no_grad():
         torch.testing.assert_close(fast.eval().encode_image(x), plain.eval().encode_image(x), atol=1e-4, rtol=1e-4)
+
+
+# -- one model class: optional text side, strings in, checkpoints, exports ----------------------
+
+
+def test_image_only_model_and_text_from_strings(model, tokenizer):
+    """An image-only ConVIRTModel encodes images as its pooled features and refuses text; a full
+    one embeds strings with its own tokenizer exactly as from the token tensors."""
+    from convirt_fast.models import build_image_model
+
+    torch.manual_seed(0)
+    image_only = build_image_model(TINY, name="random (resnet18)").eval()
+    assert not image_only.has_text and image_only.image_projection is None and image_only.name == "random (resnet18)"
+    x = _gray()
+    with torch.no_grad():
+        assert torch.equal(image_only.encode_image(x), image_only.image_features(x))
+    with pytest.raises(RuntimeError, match="no text side"):
+        image_only.encode_text(["no effusion."])
+    with pytest.raises(ValueError, match="both or neither"):
+        ConVIRTModel(build_image_encoder("resnet18"), model.text_encoder)
+    with pytest.raises(ValueError, match="needs the image projection"):
+        ConVIRTModel(build_image_encoder("resnet18"), model.text_encoder, None, model.text_projection)
+
+    assert model.has_text and model.tokenizer is tokenizer
+    texts = ["cardiac silhouette is enlarged.", "no acute fracture and stable mediastinal contours."]
+    tokens = tokenizer(texts, padding="longest", truncation=True, max_length=model.max_length, return_tensors="pt")
+    with torch.no_grad():
+        assert torch.equal(model.encode_text(texts), model.encode_text(tokens["input_ids"], tokens["attention_mask"]))
+        assert torch.equal(model.encode_text(texts[0]), model.encode_text(texts[:1]))
+    with pytest.raises(TypeError, match="attention_mask"):
+        model.encode_text(tokens["input_ids"])
+    copy = model.fresh_image_encoder()
+    assert copy.training and all(p.requires_grad for p in copy.parameters()) and copy is not model.image_encoder
+
+
+def test_model_from_checkpoint_reads_no_pretrained_weights(tmp_path, tokenizer):
+    """The model of a checkpoint is built once from its config and loaded: image_weights and the
+    pretrained BERT's weights are not read (here: gone), only the BERT's config.json (here from
+    a fallback folder, as a run's export/text_encoder/)."""
+    from convirt_fast.models import model_from_checkpoint
+
+    torch.manual_seed(5)
+    bert_folder = tmp_path / "tiny_bert"
+    build_bert(vocab_size=len(tokenizer), layers=2, hidden=32, heads=2).save_pretrained(bert_folder)
+    tokenizer.save_pretrained(bert_folder)
+    weights = tmp_path / "imagenet_like.pth"
+    torch.save(_torchvision_resnet18().state_dict(), weights)
+    cfg = dataclasses.replace(TINY, text_encoder=str(bert_folder), image_weights=str(weights), freeze_text_layers=1)
+    trained, _ = build_model(cfg)
+    state = {"config": {"model": dataclasses.asdict(cfg), "data": {"max_length": 17}}, "model": trained.state_dict()}
+
+    spare = tmp_path / "spare_config"
+    spare.mkdir()
+    (spare / "config.json").write_bytes((bert_folder / "config.json").read_bytes())
+    weights.unlink()
+    (bert_folder / "model.safetensors").unlink()
+    loaded = model_from_checkpoint(state, tokenizer, text_config=spare, name="run")
+    assert loaded.name == "run" and loaded.max_length == 17 and not loaded.training and loaded.has_text
+    x = _gray()
+    with torch.no_grad():
+        assert torch.equal(loaded.encode_image(x), trained.eval().encode_image(x))
+        assert torch.equal(loaded.encode_text(["no acute fracture."]), trained.encode_text(["no acute fracture."]))
+    with pytest.raises(ValueError, match="trained its own tokenizer"):
+        model_from_checkpoint({**state, "config": {"model": dataclasses.asdict(TINY)}})
+    with pytest.raises(ValueError, match="not a convirt_fast run config"):
+        model_from_checkpoint({**state, "config": {"model": {"no_such_field": 1}}}, tokenizer)
+
+
+def test_export_model_describes_itself(tmp_path, model, tokenizer):
+    from convirt_fast.data.augment import AugmentSpec
+    from convirt_fast.models import EXPORT_INFO_FILE, build_image_model, export_model, read_export_info
+
+    spec = AugmentSpec(output_size=48, mean=0.5, std=0.25)
+    folder = export_model(model, tmp_path / "export", model_config=TINY, augment=spec, max_length=21, name="run")
+    assert {p.name for p in folder.iterdir()} == {"image_encoder.safetensors", "image_projection.safetensors",
+                                                  "text_encoder", EXPORT_INFO_FILE}
+    info = read_export_info(folder)
+    assert (info.name, info.model, info.augment, info.max_length) == ("run", TINY, spec, 21)
+    assert read_export_info(tmp_path) is None
+    (tmp_path / EXPORT_INFO_FILE).write_text('{"format": "something else"}')
+    with pytest.raises(ValueError, match="convirt.json: not a readable convirt_fast export description"):
+        read_export_info(tmp_path)
+
+    image_only = export_model(build_image_model(TINY), tmp_path / "image_only", model_config=TINY, augment=spec)
+    assert {p.name for p in image_only.iterdir()} == {"image_encoder.safetensors", EXPORT_INFO_FILE}

@@ -409,7 +409,7 @@ def test_checkpoint_of_another_architecture_names_the_keys(tmp_path):
 
 
 def test_is_checkpoint_says_no_to_other_files_and_raises_real_errors(tmp_path, monkeypatch):
-    from convirt_fast.checkpoint import FORMAT
+    from convirt_fast.io import CHECKPOINT_FORMAT as FORMAT
     from convirt_fast.eval.encoders import _is_checkpoint
 
     ours, other, text, module = (tmp_path / n for n in ("ours.pt", "weights.pt", "text.pt", "module.pt"))

@@ -59,7 +59,7 @@ if os.environ.get("CONVIRT_TEST_FAULT") and "RANK" in os.environ:
 @pytest.fixture(scope="module")
 def cache(tmp_path_factory):
     """SynthCXR prepared once (the runs would otherwise each wait on the preparation lock)."""
-    from convirt_fast.data.synthcxr import ensure_synthcxr
+    from convirt_fast.prepare.synthetic import ensure_synthcxr
 
     folder = tmp_path_factory.mktemp("synth-cache")
     ensure_synthcxr(folder, n=120, seed=0, size=64, workers=1, progress=False)
@@ -235,7 +235,7 @@ def test_torchrun_restart_resumes_by_itself(tmp_path, cache, hooks, uninterrupte
     assert_same_run(final_state(run_dir), uninterrupted)
 
 
-_NAME = "from convirt_fast.trainer import _default_run_name; print(_default_run_name('p'))"
+_NAME = "from convirt_fast.run_folder import default_run_name; print(default_run_name('p'))"
 
 
 def test_default_run_name_is_the_same_in_every_restart_attempt(monkeypatch):
@@ -243,10 +243,10 @@ def test_default_run_name_is_the_same_in_every_restart_attempt(monkeypatch):
     uuid torchrun drew, or its default "none") by the start time of the torchrun process (the
     parent): each restart attempt, a new process, finds the same folder, and the folder reads
     <preset>-<date>-<time> as without torchrun."""
-    from convirt_fast.trainer import _default_run_name
+    from convirt_fast.run_folder import default_run_name
 
     monkeypatch.setenv("TORCHELASTIC_RUN_ID", "job-42")
-    assert _default_run_name("p") == "p-job-42"
+    assert default_run_name("p") == "p-job-42"
     for drawn in ("none", "daab996c-5056-4fae-b084-86766e61d0ec"):
         monkeypatch.setenv("TORCHELASTIC_RUN_ID", drawn)
         names = []
@@ -259,7 +259,7 @@ def test_default_run_name_is_the_same_in_every_restart_attempt(monkeypatch):
         assert abs(named - start_time_by_ps(os.getpid())) <= 1.0  # ps rounds on its own
     monkeypatch.delenv("TORCHELASTIC_RUN_ID")
     before = datetime.now().replace(microsecond=0)
-    name = datetime.strptime(_default_run_name("p")[2:], "%Y%m%d-%H%M%S")
+    name = datetime.strptime(default_run_name("p")[2:], "%Y%m%d-%H%M%S")
     assert before <= name <= datetime.now()
 
 

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from convirt_fast.data.manifest import load_manifest
-from convirt_fast.data.synthcxr import ensure_synthcxr, synthcxr_dir
+from convirt_fast.prepare.synthetic import ensure_synthcxr, synthcxr_dir
 from convirt_fast.data.synthcxr import findings as F
 from convirt_fast.data.synthcxr.anatomy import LEFT, RIGHT, heart_outline, sample_anatomy
 from convirt_fast.data.synthcxr.dataset import SynthConfig, labels_of, plan_studies, synthesize
@@ -285,7 +285,7 @@ def test_ensure_synthcxr_prepares_once(tmp_path, monkeypatch):
 
 
 def test_default_cache_dir_env(monkeypatch, tmp_path):
-    from convirt_fast.data.synthcxr import default_cache_dir
+    from convirt_fast.prepare.synthetic import default_cache_dir
 
     monkeypatch.setenv("CONVIRT_CACHE", str(tmp_path))
     assert default_cache_dir() == tmp_path

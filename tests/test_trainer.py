@@ -14,7 +14,8 @@ import torch
 import torch.multiprocessing as mp
 from torch import nn
 
-from convirt_fast.checkpoint import CheckpointError, Checkpointer, atomic_torch_save, load_checkpoint
+from convirt_fast.checkpoint import Checkpointer
+from convirt_fast.io import CheckpointError, atomic_torch_save, load_checkpoint
 from convirt_fast.cli import field_docs, parse_args
 from convirt_fast.config import Config, DataConfig, LossConfig, ModelConfig, OptimConfig, TrainConfig
 from convirt_fast.data.augment import AugmentSpec
@@ -38,7 +39,7 @@ def tiny_config(tmp_path, cache, **train) -> Config:
 
 @pytest.fixture(scope="module")
 def cache(tmp_path_factory):
-    from convirt_fast.data.synthcxr import ensure_synthcxr
+    from convirt_fast.prepare.synthetic import ensure_synthcxr
 
     folder = tmp_path_factory.mktemp("synth-cache")
     ensure_synthcxr(folder, n=60, seed=0, size=64, workers=1, progress=False)
@@ -71,7 +72,7 @@ def _rank_main(rank, world, port, cfg_dict, out_dir):
     units = fsdp_units(trainer.train_model) if trainer.parallel == "fsdp" else None
     # The loss on one fixed batch (seen in training), before and after: a noise-free "it learns".
     fixed = next(iter(trainer.loader))
-    trainer.loader.epoch, trainer.loader.position = 0, 0
+    trainer.loader.set_epoch(0)
 
     def fixed_loss():
         # Training-mode BatchNorm (batch statistics: its running averages mean little after a few
@@ -195,11 +196,11 @@ def test_train_step_reads_nothing_on_the_host(tmp_path, cache, monkeypatch, lear
     batches = trainer.batches()
     steps = [[next(batches), next(batches)] for _ in range(4)]
     trainer.train_step(steps[0])  # the first step of a process counts its FLOPs and logs the loss path
-    trainer.step += 1
+    trainer.progress.step += 1
     reads = count_host_reads(monkeypatch)
     for micro in steps[1:]:
         trainer.train_step(micro)
-        trainer.step += 1
+        trainer.progress.step += 1
     assert reads == {}, f"host reads inside train_step: {reads}"
     record = trainer.flush(window_start=time.perf_counter() - 1.0)
     assert sum(reads.values()) == 1, reads  # the losses, flags (and a learnable tau) in one transfer
@@ -232,16 +233,16 @@ def test_nonfinite_gradient_behind_a_finite_loss_is_skipped(tmp_path, cache):
     trainer = Trainer(tiny_config(tmp_path, cache, on_nonfinite="skip", log_every=2))
     batches = trainer.batches()
     trainer.train_step([next(batches)])  # a normal step first (FLOP count, optimizer state)
-    trainer.step += 1
+    trainer.progress.step += 1
     before = parameters_of(trainer.train_model)
     weight = trainer.model.image_projection.parameters().__next__()
     handle = weight.register_hook(lambda g: g * math.inf)
     trainer.train_step([next(batches)])
     handle.remove()
-    trainer.step += 1
+    trainer.progress.step += 1
     assert all(torch.equal(before[k], v) for k, v in parameters_of(trainer.train_model).items())
     record = trainer.flush(window_start=time.perf_counter())
-    assert trainer.skipped_nonfinite == 1 and math.isfinite(record["loss"])
+    assert trainer.progress.skipped_nonfinite == 1 and math.isfinite(record["loss"])
 
 
 def test_stop_leaves_the_weights_of_the_step_before(tmp_path, cache, monkeypatch):
@@ -261,11 +262,11 @@ def test_stop_leaves_the_weights_of_the_step_before(tmp_path, cache, monkeypatch
     monkeypatch.setattr(trainer.loss_fn, "forward", first_nan)
     batches = trainer.batches()
     trainer.train_step([next(batches)])
-    trainer.step += 1
+    trainer.progress.step += 1
     after_step_0 = parameters_of(trainer.train_model)
     for _ in range(3):
         trainer.train_step([next(batches)])
-        trainer.step += 1
+        trainer.progress.step += 1
     with pytest.raises(NonFiniteLoss, match="step 1 "):
         trainer.flush(window_start=time.perf_counter())
     assert all(torch.equal(after_step_0[k], v) for k, v in parameters_of(trainer.train_model).items())
@@ -297,13 +298,13 @@ def test_gpu_train_step_never_syncs(tmp_path, cache):
     batches = trainer.batches()
     for _ in range(3):
         trainer.train_step([next(batches)])
-        trainer.step += 1
+        trainer.progress.step += 1
     torch.cuda.synchronize()
     torch.cuda.set_sync_debug_mode("error")
     try:
         for _ in range(3):
             trainer.train_step([next(batches)])
-            trainer.step += 1
+            trainer.progress.step += 1
     finally:
         torch.cuda.set_sync_debug_mode("default")
     record = trainer.flush(window_start=time.perf_counter())
@@ -336,11 +337,12 @@ def test_end_to_end_outputs(tmp_path, cache):
     from torchvision.models import resnet18
 
     from convirt_fast.models import expand_stem
-    from convirt_fast.trainer import Trainer, format_summary
+    from convirt_fast.post_train import format_summary, post_train
+    from convirt_fast.trainer import Trainer
 
     cfg = tiny_config(tmp_path, cache, max_steps=4, val_every=2, evaluate=True)
     trainer = Trainer(cfg)
-    summary = trainer.finish(trainer.fit())
+    summary = post_train(trainer.run_dir, trainer.fit())
     run = tmp_path / "run"
     for name in ("config.json", "metrics.jsonl", "summary.json", "loss.png", "retrieval.json",
                  "checkpoints/last.pt", "checkpoints/best.pt", "export/image_encoder.safetensors"):
@@ -387,9 +389,22 @@ def test_nonfinite_loss_skips_when_asked(tmp_path, cache, monkeypatch):
 # Checkpoint files
 
 
+class Plain:
+    """A stateful object for the Checkpointer: its state is the dict it holds."""
+
+    def __init__(self, state):
+        self.state = state
+
+    def state_dict(self):
+        return self.state
+
+    def load_state_dict(self, state):
+        self.state = state
+
+
 def test_truncated_and_foreign_checkpoints(tmp_path):
-    ckpt = Checkpointer(tmp_path)
-    ckpt.save({"step": 1, "model": {"w": torch.ones(1000)}, "config": {}})
+    ckpt = Checkpointer(tmp_path, model=Plain({"w": torch.ones(1000)}))
+    ckpt.save(1, {})
     data = ckpt.last.read_bytes()
     (tmp_path / "cut.pt").write_bytes(data[: len(data) // 2])
     with pytest.raises(CheckpointError, match="cut.pt: not a readable checkpoint"):
@@ -404,18 +419,17 @@ def test_truncated_and_foreign_checkpoints(tmp_path):
 
 _WRITER = """
 import sys, torch
-from convirt_fast.checkpoint import Checkpointer
-ckpt = Checkpointer(sys.argv[1])
+from convirt_fast.io import CHECKPOINT_FORMAT, atomic_torch_save
 big = {"w": torch.randn(64, 1024, 1024)}  # 256 MB: the kill lands mid-write
 print("writing", flush=True)
 while True:
-    ckpt.save({"step": 2, "model": big, "config": {}})
+    atomic_torch_save({"format": CHECKPOINT_FORMAT, "step": 2, "model": big, "config": {}}, sys.argv[1] + "/last.pt")
 """
 
 
 def test_kill_while_writing_keeps_the_previous_checkpoint(tmp_path):
-    ckpt = Checkpointer(tmp_path)
-    ckpt.save({"step": 1, "model": {"w": torch.zeros(3)}, "config": {}})
+    ckpt = Checkpointer(tmp_path, model=Plain({"w": torch.zeros(3)}))
+    ckpt.save(1, {})
     proc = subprocess.Popen([sys.executable, "-c", _WRITER, str(tmp_path)], stdout=subprocess.PIPE)
     assert proc.stdout.readline().strip() == b"writing"
     deadline = time.time() + 60
@@ -438,13 +452,16 @@ def test_atomic_save_leaves_no_temporary_on_error(tmp_path):
 # Command line
 
 
-def test_cli_overrides_and_help():
+def test_cli_overrides_and_help(capsys):
     cfg = parse_args(["--preset", "mimic-paper", "--data.batch_size=64", "--data.augment.crop_area=(0.5,1.0)",
                       "--model.image_weights", "none", "--train.compile=true", "--optim.grad_clip=1.0"])
     assert cfg.preset == "mimic-paper" and cfg.data.batch_size == 64 and cfg.data.augment.crop_area == (0.5, 1.0)
     assert cfg.model.image_weights is None and cfg.train.compile is True and cfg.optim.grad_clip == 1.0
     assert cfg.optim.lr == 1e-4 and cfg.train.val_every == 5000 and cfg.loss.lam == 0.75
-    text = parse_args(["--help"])
+    with pytest.raises(SystemExit) as exit_:
+        parse_args(["--help"])
+    assert exit_.value.code == 0
+    text = capsys.readouterr().out
     for section in (ModelConfig, DataConfig, LossConfig, OptimConfig, TrainConfig, AugmentSpec):
         docs = field_docs(section)
         assert docs, section

@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from convirt_fast.data import rejects as R
-from convirt_fast.data.image_decode import ImageError
+from convirt_fast.data.errors import ImageError
 
 DICOM_SUFFIXES = (".dcm", ".dicom", ".dic")
 # Suffixes that are never DICOM: no need to open the file to look for the magic.

@@ -20,6 +20,8 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
+from convirt_fast.data.errors import ImageError  # noqa: F401  (raised here; importers take it from here too)
+
 # 16-bit values are carried in int32: torch has few uint16 kernels.
 MAX_8BIT = 255.0
 MAX_16BIT = 65535.0
@@ -31,10 +33,6 @@ _JPEG_TAIL = 64  # EOI may be followed by a little padding
 
 DECODES = ("auto", "cpu", "gpu")
 """Values of data.decode (see `check_decode`; the loader's `resolve_decode` picks one)."""
-
-
-class ImageError(ValueError):
-    """An image that cannot be used; the message names the file and the problem."""
 
 
 def check_decode(decode: str, backend: str) -> None:
@@ -68,7 +66,7 @@ def read_image(path: str | Path) -> np.ndarray:
     """(H, W) uint8, or uint16 for 16-bit images. Colour images are converted to luminance.
     DICOM files (by suffix or by their "DICM" magic) go through `convirt_fast.data.dicom`."""
     path = Path(path)
-    from convirt_fast.data.dicom import is_dicom, read_dicom  # imports this module: here, not at the top
+    from convirt_fast.data.dicom import is_dicom, read_dicom  # pydicom loads only when a DICOM comes
 
     if is_dicom(path):
         return read_dicom(path)

@@ -1,39 +1,50 @@
 """The training loader: per step, this rank's batch of studies as augmented images on the
 device, one sampled sentence per study tokenized, and the study rows.
 
-    loader = ConVIRTLoader(manifest, tokenizer, batch_size=32, device="cuda", rank=r, world_size=R)
+    loader = ConVIRTLoader(manifest, tokenizer, rows=manifest.split_indices("train"), batch_size=32,
+                           device="cuda", rank=r, world_size=R)
     for batch in loader:            # one epoch from the current position
         batch["images"]             # (B, 1, S, S) float32 on the device, normalised
         batch["input_ids"], batch["attention_mask"]   # (B, T) on the device
         batch["rows"]               # (B,) manifest rows of the studies
+    loader.set_epoch(0)             # iterate epoch 0 again next (same batches, same workers)
     state = loader.state_dict()     # resume: ConVIRTLoader(...).load_state_dict(state)
+
+`rows` are the manifest rows to draw from (a split's, a label subset, any selection); those
+without an image (or, with a tokenizer, without a sentence) are left out. A shuffling loader
+(training) permutes them per epoch from (seed, epoch) and treats them as a set: their order does
+not change the batches. An evaluation loader (`train=False`) keeps them in the order given.
 
 Work split: DataLoader workers read files (decode them for the torch backend; for DALI, and
 for the torch backend with `decode="gpu"`, only read the bytes and the size in the header),
 sample sentences, tokenize and draw the augmentation parameters; the main process decodes the
 batch's JPEGs on the GPU (`decode="gpu"`: torchvision's batched nvJPEG; other formats were
 decoded by the worker) and runs the augmentation on the device (torch backend), or runs the
-DALI pipeline. An image that cannot be read is replaced by another study, counted and
-reported, never a crash. A batch the GPU decoder rejects is decoded again one JPEG at a time
-on the device to find the files it rejects (CMYK, 12-bit, a subsampling nvJPEG lacks, corrupt
-data): those are decoded by the workers from then on (`gpu_rejected`, sent with every batch
-key) and the batch is read again with them; each fallback is counted by cause
+DALI pipeline. An image that cannot be read is replaced by another study, counted
+(`replaced`, by file) and reported, never a crash: the worker sends an `ImageProblem` (row,
+study, file, message) with the batch. A batch the GPU decoder rejects is decoded again one JPEG
+at a time on the device to find the files it rejects (CMYK, 12-bit, a subsampling nvJPEG lacks,
+corrupt data): those are decoded by the workers from then on (`gpu_rejected`, sent with every
+batch key) and the batch is read again with them; each fallback is counted by cause
 (`decode_fallbacks`, warned once per cause). A batch DALI rejects is redone with CPU decoding.
 
-Training loaders keep their workers busy across epoch boundaries: the DataLoader's sampler is
-an endless stream of (epoch, batch) keys, so the next epoch's first batches are prefetched
-while this one's last ones train. The iterator survives between `for` loops as long as the
-position it would deliver next is the loader's position (after `load_state_dict` or a reset,
-a new one starts there).
+Shuffling (training) loaders keep their workers busy across epoch boundaries: the DataLoader's
+sampler is an endless stream of (epoch, batch) keys, so the next epoch's first batches are
+prefetched while this one's last ones train. The iterator survives between `for` loops as long
+as the position it would deliver next is the loader's position (after `load_state_dict` or a
+`set_epoch` elsewhere, a new one starts there). The worker processes are persistent: one loader
+serves every epoch and pass (validation, fine-tuning) without starting new ones.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import logging
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterable
 
 import numpy as np
 import torch
@@ -88,11 +99,26 @@ def resolve_decode(decode: str, backend: str, device: torch.device) -> str:
     return "cpu"
 
 
+@dataclass(frozen=True)
+class ImageProblem:
+    """An image a worker could not use: its study was replaced by another one."""
+
+    row: int
+    """The manifest row of the study."""
+    study_id: str
+    path: str
+    """The file that failed (the study's image chosen for that epoch)."""
+    message: str
+    """The reader's message (it names the file and the problem)."""
+
+
 @dataclass
 class _BatchPlan:
     """What the workers need, picklable (no open files, no C++ objects)."""
 
-    images: list[list[str]]
+    images: dict[int, list[str]]
+    """Image paths of the rows the loader draws from (replacements included)."""
+    study_ids: dict[int, str]
     sentence_index: str
     sampler: StudySampler
     spec: AugmentSpec
@@ -102,6 +128,7 @@ class _BatchPlan:
     max_length: int
     augment_in_worker: bool = False
     decode_on_device: bool = False
+    shuffle: bool = True
 
 
 class _EpochBatches(Dataset):
@@ -145,7 +172,7 @@ class _EpochBatches(Dataset):
     def _epoch_share(self, epoch: int) -> list[int]:
         if self._share_epoch != epoch:
             sampler = self.plan.sampler
-            self._share = sampler.share(epoch) if self.plan.train else sampler.ordered_share()
+            self._share = sampler.share(epoch) if self.plan.shuffle else sampler.ordered_share()
             self._share_epoch = epoch
         return self._share
 
@@ -155,17 +182,17 @@ class _EpochBatches(Dataset):
         rows, items, paths, problems = [], [], [], []
         for row in plan.sampler.batch(epoch, b, self._epoch_share(epoch)):
             for attempt in range(_MAX_REPLACEMENTS + 1):
+                path = self._path(row, epoch)
                 try:
-                    path = self._path(row, epoch)
                     items.append(self._read(path, gpu_rejected))
                     rows.append(row)
                     paths.append(path)
                     break
                 except ImageError as error:
-                    problems.append((row, str(error)))
+                    problems.append(ImageProblem(row, plan.study_ids[row], path, str(error)))
                     row = plan.sampler.replacement(epoch, row, attempt)
             else:
-                raise RuntimeError(f"{_MAX_REPLACEMENTS + 1} unreadable images in a row; last: {problems[-1][1]}")
+                raise RuntimeError(f"{_MAX_REPLACEMENTS + 1} unreadable images in a row; last: {problems[-1].message}")
         heights = torch.tensor([h for _, h, _ in items])
         widths = torch.tensor([w for _, _, w in items])
         out: dict = {"key": (epoch, b), "rows": torch.tensor(rows), "problems": problems}
@@ -238,14 +265,20 @@ class _KeyStream:
 class ConVIRTLoader:
     """Batches of (augmented image, sampled sentence) pairs for one rank; see the module doc.
 
-    With `tokenizer=None` it loads images only (no "input_ids", "attention_mask", "sentences"),
-    e.g. for evaluation sets whose studies have no report.
+    rows: the manifest rows to draw from, each once (e.g. `manifest.split_indices("train")`).
+    train: random augmentation and image choice (a multi-image study shows one of its images);
+    else the evaluation transform and the study's first image. shuffle (default: train): a new
+    permutation of the rows every epoch, from (seed, epoch), and epochs stream into one another;
+    else the rows in the order given, every epoch. drop_last (default: train): drop a final
+    partial batch. With `tokenizer=None` it loads images only (no "input_ids",
+    "attention_mask", "sentences"), e.g. for evaluation sets whose studies have no report.
     """
 
-    def __init__(self, manifest, tokenizer, *, split: str = "train", batch_size: int = 32,
-                 augment: AugmentSpec | None = None, train: bool = True, backend: str = "auto",
-                 device: str | torch.device = "cpu", num_workers: int = 2, seed: int = 0, rank: int = 0,
-                 world_size: int = 1, drop_last: bool | None = None, max_length: int = 64, decode: str = "auto"):
+    def __init__(self, manifest, tokenizer, *, rows: Iterable[int], batch_size: int = 32,
+                 augment: AugmentSpec | None = None, train: bool = True, shuffle: bool | None = None,
+                 backend: str = "auto", device: str | torch.device = "cpu", num_workers: int = 2, seed: int = 0,
+                 rank: int = 0, world_size: int = 1, drop_last: bool | None = None, max_length: int = 64,
+                 decode: str = "auto"):
         from convirt_fast.text import SentenceIndex
 
         self.device = torch.device(device)
@@ -254,7 +287,9 @@ class ConVIRTLoader:
         self.decode = decode if self.backend == "torch" else "dali"  # DALI decodes by itself
         self.spec = augment or AugmentSpec()
         self.train = train
+        self.shuffle = train if shuffle is None else shuffle
         self.num_workers = num_workers
+        given = _check_rows(manifest, rows)
         index_path = Path(manifest.sentence_index_path)
         empty: set[int] = set()
         if tokenizer is not None:  # pairs: studies need a sentence
@@ -262,20 +297,25 @@ class ConVIRTLoader:
             if len(index) != len(manifest):
                 raise ValueError(f"{index_path}: {len(index)} reports for {len(manifest)} manifest rows (stale index?)")
             empty = set(index.empty_report_ids())
-        split_rows = manifest.split_indices(split)
-        rows = [i for i in split_rows if i not in empty and manifest.studies[i].images]
-        if not rows:
-            raise ValueError(f"{manifest.root}: no study of split {split!r} has an image and a sentence")
-        self.excluded_without_text = len(split_rows) - len(rows)
-        sampler = StudySampler(rows, batch_size, seed=seed, rank=rank, world_size=world_size,
+        usable = [i for i in given if i not in empty and manifest.studies[i].images]
+        if not usable:
+            needs = "an image and a sentence" if tokenizer is not None else "an image"
+            raise ValueError(f"{manifest.root}: none of the {len(given)} rows to draw from "
+                             f"({_preview(given)}) has {needs}")
+        self.excluded_without_text = len(given) - len(usable)
+        if self.shuffle:  # a set: the caller's order does not change the permutations
+            usable.sort()
+        sampler = StudySampler(usable, batch_size, seed=seed, rank=rank, world_size=world_size,
                                drop_last=train if drop_last is None else drop_last)
-        images = [[str(p) for p in manifest.image_paths(i)] for i in range(len(manifest))]
+        images = {i: [str(p) for p in manifest.image_paths(i)] for i in usable}
+        study_ids = {i: manifest.studies[i].study_id for i in usable}
         # On a CPU the workers run the batched augmentation too, overlapping it with the step;
         # on a GPU it runs on the device, in the main process.
         augment_in_worker = self.backend == "torch" and self.device.type == "cpu" and num_workers > 0
-        self._plan = _BatchPlan(images, str(index_path), sampler, self.spec, train,
+        self._plan = _BatchPlan(images, study_ids, str(index_path), sampler, self.spec, train,
                                 read_bytes=self.backend == "dali", tokenizer=tokenizer, max_length=max_length,
-                                augment_in_worker=augment_in_worker, decode_on_device=self.decode == "gpu")
+                                augment_in_worker=augment_in_worker, decode_on_device=self.decode == "gpu",
+                                shuffle=self.shuffle)
         self.sampler = sampler
         self.epoch = 0
         self.position = 0  # next batch index within the epoch
@@ -283,7 +323,7 @@ class ConVIRTLoader:
         self.decode_fallbacks: Counter = Counter()  # cause -> batches the device decoder (GPU or DALI) failed
         self._dali = None
         self._dali_rebuilt = False
-        self._keys = _KeyStream(sampler.num_batches(), endless=train)  # the DataLoader's sampler
+        self._keys = _KeyStream(sampler.num_batches(), endless=self.shuffle)  # the DataLoader's sampler
         self._main_reader: _EpochBatches | None = None  # reads a batch again in this process
         self._loader = None
         self._live = None  # the DataLoader iterator, kept across epochs and `for` loops
@@ -293,6 +333,20 @@ class ConVIRTLoader:
 
     def __len__(self) -> int:
         return self.sampler.num_batches()
+
+    @property
+    def rows(self) -> list[int]:
+        """The rows drawn from (those with an image and a sentence), in the loader's order."""
+        return list(self.sampler.rows)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Iterate epoch `epoch` next, from its first batch: its permutation (shuffle), image
+        choice, augmentation and sentence draw, the same batches each time. The workers stay;
+        a stream that already prefetches that epoch (a shuffling loader whose previous epoch
+        ended) goes on, else a new one starts there."""
+        if isinstance(epoch, bool) or not isinstance(epoch, (int, np.integer)) or epoch < 0:
+            raise ValueError(f"epoch must be an integer >= 0, got {epoch!r}")
+        self.epoch, self.position = int(epoch), 0
 
     @property
     def gpu_rejected(self) -> frozenset[str]:
@@ -367,11 +421,11 @@ class ConVIRTLoader:
         else:
             pixels = raw.pop("pixels").to(self.device, non_blocking=True)
             images = _augment_torch(pixels, raw.pop("max_value"), raw, self._plan)
-        for row, message in problems:
-            path = message.split(":")[0]
-            if self.replaced[path] == 0:
-                log.warning("skipping unreadable image (study row %d replaced): %s", row, message)
-            self.replaced[path] += 1
+        for problem in problems:
+            if self.replaced[problem.path] == 0:
+                log.warning("skipping unreadable image of study %s (row %d, replaced by another study): %s",
+                            problem.study_id, problem.row, problem.message)
+            self.replaced[problem.path] += 1
         batch = {"images": images, "rows": raw["rows"]}
         if "input_ids" in raw:
             batch["input_ids"] = raw["input_ids"].to(self.device, non_blocking=True)
@@ -465,22 +519,58 @@ class ConVIRTLoader:
     # -- resume --------------------------------------------------------------------------------
 
     def state_dict(self) -> dict:
+        """The position and counters; "rows_sha256" fingerprints the rows drawn from (in the
+        loader's order), so that a resume with other rows is refused."""
         s = self.sampler
         return {"epoch": self.epoch, "position": self.position, "seed": s.seed, "rank": s.rank,
-                "world_size": s.world_size, "num_rows": len(s.rows), "batch_size": s.batch_size,
-                "replaced": dict(self.replaced), "decode_fallbacks": dict(self.decode_fallbacks),
-                "gpu_rejected": sorted(self.gpu_rejected)}
+                "world_size": s.world_size, "num_rows": len(s.rows), "rows_sha256": _fingerprint(s.rows),
+                "batch_size": s.batch_size, "replaced": dict(self.replaced),
+                "decode_fallbacks": dict(self.decode_fallbacks), "gpu_rejected": sorted(self.gpu_rejected)}
 
     def load_state_dict(self, state: dict) -> None:
+        """Continue where `state` left off. Refused (ValueError) when it comes from another
+        seed, world size, batch size or other rows. (A state without "rows_sha256", from before
+        the fingerprint, is checked on the number of rows only.)"""
         s = self.sampler
         expected = {"seed": s.seed, "world_size": s.world_size, "num_rows": len(s.rows), "batch_size": s.batch_size}
+        if "rows_sha256" in state:
+            expected["rows_sha256"] = _fingerprint(s.rows)
         different = {k: (state.get(k), v) for k, v in expected.items() if state.get(k) != v}
         if different:
-            raise ValueError(f"loader state from another setup (saved, now): {different}")
+            hint = ("; the rows drawn from differ (another manifest, split or selection, or rows with an image "
+                    "or a sentence added or removed), so the saved position means other studies"
+                    if {"num_rows", "rows_sha256"} & set(different) else "")
+            raise ValueError(f"loader state from another setup (saved, now): {different}{hint}")
         self.epoch, self.position = int(state["epoch"]), int(state["position"])
         self.replaced = Counter(state.get("replaced", {}))
         self.decode_fallbacks = Counter(state.get("decode_fallbacks", {}))
         self._keys.gpu_rejected = frozenset(state.get("gpu_rejected", ()))
+
+
+def _check_rows(manifest, rows: Iterable[int]) -> list[int]:
+    """`rows` as a list of ints, each a row of `manifest` and given once."""
+    if isinstance(rows, (str, bytes)):
+        raise TypeError(f"rows must be manifest row indices, got {rows!r} (a split? pass "
+                        f"manifest.split_indices({rows!r}))")
+    given = [int(r) for r in rows]
+    if not given:
+        raise ValueError(f"{manifest.root}: no rows to draw from (rows= is empty: an empty split or selection?)")
+    outside = [r for r in given if not 0 <= r < len(manifest)]
+    if outside:
+        raise ValueError(f"{manifest.root}: rows outside the manifest's {len(manifest)} rows: {_preview(outside)}")
+    if len(set(given)) != len(given):
+        repeated = sorted(r for r, n in Counter(given).items() if n > 1)
+        raise ValueError(f"{manifest.root}: rows given more than once: {_preview(repeated)} (pass each row once)")
+    return given
+
+
+def _preview(rows: list[int], n: int = 8) -> str:
+    shown = ", ".join(map(str, rows[:n]))
+    return f"rows {shown}" + (f", ... ({len(rows)} in all)" if len(rows) > n else "")
+
+
+def _fingerprint(rows: list[int]) -> str:
+    return hashlib.sha256(np.asarray(rows, dtype=np.int64).tobytes()).hexdigest()[:16]
 
 
 def _first_line(error: Exception) -> str:

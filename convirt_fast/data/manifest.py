@@ -40,7 +40,7 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
-from convirt_fast.data.atomic import atomic_write, file_sha256
+from convirt_fast.io import atomic_write, file_sha256
 
 FORMAT = "convirt_fast.manifest/1"
 MANIFEST_CSV = "manifest.csv"

@@ -28,7 +28,7 @@ from collections import Counter
 from dataclasses import asdict, astuple, dataclass, fields
 from pathlib import Path
 
-from convirt_fast.data.atomic import atomic_write
+from convirt_fast.io import atomic_write
 
 # Reason codes: stable strings, tests and users grep for them.
 MISSING_IMAGE = "missing_image"

@@ -24,8 +24,8 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from convirt_fast.data import rejects as R
-from convirt_fast.data.atomic import atomic_write
-from convirt_fast.data.image_decode import ImageError
+from convirt_fast.io import atomic_write
+from convirt_fast.data.errors import ImageError
 
 LONG_SIDE = 256
 JPEG_QUALITY = 95  # high enough that re-encoding adds no visible artefact at 256 px

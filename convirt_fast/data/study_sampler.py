@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import torch
 
-from convirt_fast.text.reference import sample_choice, splitmix64
+from convirt_fast.text.ops import sample_choice, splitmix64
 
 _MASK63 = (1 << 63) - 1
 

@@ -5,7 +5,8 @@ eval mode so its BatchNorm statistics stay put) for 200 steps at lr 1e-3, then e
 lr 1e-4 (1e-3 for COVIDx); Adam with weight decay 1e-6; dropout 0.2 before the head; batch 64;
 the lr halved after 3 epochs without a better validation metric, stopped after 10; the weights
 of the best validation epoch are tested. Images get the evaluation transform (zero-pad to square,
-resize). Every epoch reshuffles the label subset with the run's seed.
+resize). Every epoch reshuffles the label subset with the run's seed (the loader's permutation of
+(seed, epoch)); one training loader and one validation loader serve every epoch.
 
 This is the expensive protocol (a full forward and backward per image per epoch), so
 `max_epochs` and `max_steps` cap it; the CLI lowers them on a CPU (see docs/evaluation.md).
@@ -21,7 +22,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from convirt_fast.eval.embed import embed_images, image_loader, subset_manifest
+from convirt_fast.eval.embed import Embedder, image_loader
 from convirt_fast.eval.metrics import classification_metrics
 from convirt_fast.eval.probe import classification_loss
 from convirt_fast.eval.tasks import ClassificationTask
@@ -74,10 +75,16 @@ def finetune_once(encoder, manifest, task: ClassificationTask, train_rows: list[
     target_of = dict(zip(train_rows, targets))
     val_y, test_y = task.y(task.val_rows), task.y(task.test_rows)
 
-    def evaluate(rows: list[int], y: np.ndarray) -> dict:
+    # One loader (and its workers) per row list for the whole run: the training rows reshuffled
+    # each epoch (set_epoch), the validation rows embedded after each epoch.
+    loader = image_loader(manifest, train_rows, spec=spec, device=device, batch_size=settings.batch_size,
+                          workers=workers, shuffle=True, seed=seed)
+    embed_val = Embedder(manifest, task.val_rows, spec=spec, device=device, batch_size=settings.batch_size,
+                         workers=workers)
+
+    def evaluate(embed: Embedder, rows: list[int], y: np.ndarray) -> dict:
         model.eval()
-        logits = embed_images(model, manifest, rows, spec=spec, device=device, batch_size=settings.batch_size,
-                              workers=workers)
+        logits = embed(model)
         if scorer is not None:
             return scorer(rows, logits.numpy())
         return classification_metrics(task.kind, logits.numpy(), y, task.labels)
@@ -89,13 +96,10 @@ def finetune_once(encoder, manifest, task: ClassificationTask, train_rows: list[
     backbone.requires_grad_(not warm)
     optimizer = optimizer_for(model.head.parameters() if warm else model.parameters(),
                               settings.head_lr if warm else settings.lr)
-    rng = np.random.default_rng([seed, 7])
     step, best_value, best_state, best_epoch, flat, epochs = 0, -math.inf, None, 0, 0, 0
     history = []
     for epoch in range(settings.max_epochs):
-        order = [train_rows[i] for i in rng.permutation(len(train_rows))]
-        loader = image_loader(subset_manifest(manifest, order), spec=spec, device=device,
-                              batch_size=settings.batch_size, workers=workers)
+        loader.set_epoch(epoch)
         for batch in loader:
             if len(batch["rows"]) < 2:  # BatchNorm cannot train on one image (1x1 maps at small sizes)
                 continue
@@ -106,7 +110,7 @@ def finetune_once(encoder, manifest, task: ClassificationTask, train_rows: list[
             model.train()
             if warm:
                 backbone.eval()
-            y = torch.stack([target_of[order[i]] for i in batch["rows"].tolist()]).to(device)
+            y = torch.stack([target_of[r] for r in batch["rows"].tolist()]).to(device)
             loss = classification_loss(task.kind, model(batch["images"]), y)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -115,7 +119,7 @@ def finetune_once(encoder, manifest, task: ClassificationTask, train_rows: list[
             if settings.max_steps is not None and step >= settings.max_steps:
                 break
         epochs = epoch + 1
-        value = evaluate(task.val_rows, val_y)["value"]
+        value = evaluate(embed_val, task.val_rows, val_y)["value"]
         history.append(round(float(value), 4))
         if value > best_value or best_state is None:
             best_value, best_state, best_epoch, flat = value, copy.deepcopy(model.state_dict()), epochs, 0
@@ -128,7 +132,12 @@ def finetune_once(encoder, manifest, task: ClassificationTask, train_rows: list[
                 break
         if settings.max_steps is not None and step >= settings.max_steps:
             break
+    loader.close()  # the workers stop now, not when the loaders are garbage-collected
+    embed_val.close()
     model.load_state_dict(best_state)
-    test = evaluate(task.test_rows, test_y)
+    embed_test = Embedder(manifest, task.test_rows, spec=spec, device=device, batch_size=settings.batch_size,
+                          workers=workers)
+    test = evaluate(embed_test, task.test_rows, test_y)
+    embed_test.close()
     return {**test, "steps": step, "epochs": epochs, "best_epoch": best_epoch, "val_value": float(best_value),
             "val_history": history}

@@ -24,7 +24,7 @@ CPU_FINETUNE_WARMUP = 20
 def resolve_data(data: str | None, reference, workers: int):
     """A prepared folder (or manifest.csv), or "synthcxr" (prepared once, as the trainer does)."""
     from convirt_fast.data.manifest import load_manifest
-    from convirt_fast.data.source import data_path
+    from convirt_fast.prepare.source import data_path
     from convirt_fast.presets import cpu_default
 
     if data is None:
@@ -40,12 +40,17 @@ def run(args) -> dict:
     tasks = TASKS if "all" in args.task else tuple(t for t in TASKS if t in args.task)
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     loaded: list[LoadedEncoder] = [load_encoder(c) for c in args.checkpoint]
-    reference = next((le.config for le in loaded if le.config is not None), None)
-    loaded += [load_encoder(init, reference, args.arch) for init in args.init]
+    from convirt_fast.config import Config
+    from convirt_fast.presets import cpu_default
+
+    reference = next((Config.from_dict(le.config) for le in loaded if le.config is not None), None)
+    baseline_model = reference.model if reference is not None else cpu_default().model
+    loaded += [load_encoder(init, baseline_model, args.arch) for init in args.init]
     if not loaded:
         raise ValueError("nothing to evaluate: pass --checkpoint and/or --init random|PATH")
     _unique_names(loaded)
-    spec = reference.data.augment if reference is not None else AugmentSpec()
+    spec = reference.data.augment if reference is not None else next(
+        (le.augment for le in loaded if le.augment is not None), AugmentSpec())
     if args.image_size:
         spec = dataclasses.replace(spec, output_size=args.image_size)
     if getattr(args, "benchmark", None) == "paper":

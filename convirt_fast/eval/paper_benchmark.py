@@ -179,7 +179,7 @@ def study_level_probe(encoder, manifest, task, groups: list[str], settings: Suit
 
     rows = task.train_rows + task.val_rows + task.test_rows
     _log(f"{encoder.name}: embedding {len(rows)} images once (study-level probe)")
-    feats = embed_images(encoder.features, manifest, rows, spec=spec, device=device, batch_size=settings.batch_size,
+    feats = embed_images(encoder.image_features, manifest, rows, spec=spec, device=device, batch_size=settings.batch_size,
                          workers=settings.workers)
     a, b = len(task.train_rows), len(task.train_rows) + len(task.val_rows)
     x_all = {"train": feats[:a], "val": feats[a:b], "test": feats[b:]}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -15,6 +16,9 @@ from convirt_fast.eval.probe import fraction_key, linear_probe, summarize_runs
 from convirt_fast.eval.retrieval import evaluate_retrieval
 from convirt_fast.eval.tasks import ClassificationTask, label_subset
 from convirt_fast.eval.zeroshot import zeroshot_scores
+
+if TYPE_CHECKING:  # torchvision: imported on use
+    from convirt_fast.models.convirt import ConVIRTModel
 
 TASKS = ("retrieval", "linear", "finetune", "zeroshot")
 
@@ -40,8 +44,8 @@ def _log(message: str) -> None:
     print(f"[evaluate {time.perf_counter() - _START:7.1f} s] {message}", flush=True)
 
 
-def evaluate_encoder(encoder, *, manifest, task: ClassificationTask | None, retrieval: tuple | None, spec, device,
-                     settings: SuiteSettings, finetune_scorer=None) -> dict:
+def evaluate_encoder(encoder: ConVIRTModel, *, manifest, task: ClassificationTask | None, retrieval: tuple | None,
+                     spec, device, settings: SuiteSettings, finetune_scorer=None) -> dict:
     """retrieval: (manifest, RetrievalSet or None) to rank on, or None to skip. finetune_scorer:
     see finetune.finetune_once (None: each row scored by itself)."""
     out: dict = {"has_text": encoder.has_text}
@@ -63,7 +67,7 @@ def evaluate_encoder(encoder, *, manifest, task: ClassificationTask | None, retr
         width = image_feature_dim(encoder.image_encoder)
 
         def both(images: torch.Tensor) -> torch.Tensor:  # pooled features, then projections
-            f = encoder.features(images)
+            f = encoder.image_features(images)
             return torch.cat([f, encoder.image_projection(f) if encoder.has_text else f[:, :0]], 1)
 
         emb = embed_images(both, manifest, rows, spec=spec, device=device, batch_size=settings.batch_size,

@@ -17,18 +17,26 @@ image. Inputs must be normalised as in training (one gray mean/std on all three 
 The file's metadata records the architecture ("arch") and the stem's channels ("in_channels").
 
 Text encoder -> a folder: the BertModel and the tokenizer (`save_pretrained`, loadable with
-`BertModel.from_pretrained(folder)` and `AutoTokenizer.from_pretrained(folder)`), plus the text
-projection g_u as `text_projection.safetensors` (keys of `Projection`: "0.weight", "0.bias",
-"2.weight", "2.bias" for mlp, "0.*" for linear; metadata "kind"). Features are the max-pool of
-the last hidden states over the attention mask (`masked_max_pool`); `load_text_encoder`
-rebuilds all three.
+`transformers.AutoModel.from_pretrained(folder)` (or BertModel) and
+`AutoTokenizer.from_pretrained(folder)` without any missing, unexpected or "newly initialized"
+weight), plus the text projection g_u as `text_projection.safetensors` (keys of `Projection`:
+"0.weight", "0.bias", "2.weight", "2.bias" for mlp, "0.*" for linear; metadata "kind"). Features
+are the max-pool of the last hidden states over the attention mask (`masked_max_pool`), not
+`pooler_output`: the BERT's pooler is saved as zeros (ConVIRT never trains one; a transformers
+BertModel expects one). `load_text_encoder` rebuilds all three.
 
 Image projection g_v -> `image_projection.safetensors` (`export_projection`, same keys), beside
 the image encoder: with it and the text folder, an export alone ranks images for a text query.
+
+`export_model` writes all of them and `convirt.json` (EXPORT_INFO_FILE: the model config, the
+evaluation transform's AugmentSpec and max_length), so that the folder alone loads with
+`convirt_fast.load_pretrained`.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import os
 import shutil
 import tempfile
@@ -39,14 +47,23 @@ import torch
 from safetensors.torch import load_file, save
 from torch import nn
 
-from convirt_fast.data.atomic import atomic_write
+from convirt_fast.data.augment import AugmentSpec
+from convirt_fast.io import atomic_write
+from convirt_fast.models.config import ModelConfig
 from convirt_fast.models.projection import Projection
 
 if TYPE_CHECKING:
     from transformers import BertModel
 
+    from convirt_fast.models.convirt import ConVIRTModel
+
+IMAGE_ENCODER_FILE = "image_encoder.safetensors"
 TEXT_PROJECTION_FILE = "text_projection.safetensors"
 IMAGE_PROJECTION_FILE = "image_projection.safetensors"
+TEXT_ENCODER_DIR = "text_encoder"
+EXPORT_INFO_FILE = "convirt.json"
+"""The export's description: model config, evaluation AugmentSpec, max_length (`export_model`)."""
+EXPORT_FORMAT = "convirt_fast.export/1"
 
 
 def _tensors(module: nn.Module) -> dict[str, torch.Tensor]:
@@ -81,7 +98,11 @@ def export_text_encoder(model: nn.Module, tokenizer: Any, folder: str | Path) ->
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", suffix=".tmp", dir=folder.parent))
     try:
-        model.text_encoder.save_pretrained(tmp)
+        bert = model.text_encoder
+        # With the pooler BertModel has by default (zeros, below), so that the folder loads cleanly
+        # with transformers.AutoModel / BertModel.from_pretrained: without it transformers would
+        # initialise one at random and report it "newly initialized".
+        bert.save_pretrained(tmp, state_dict={**bert.state_dict(), **_zero_pooler(bert)})
         tokenizer.save_pretrained(tmp)
         (tmp / TEXT_PROJECTION_FILE).write_bytes(_projection_bytes(model.text_projection))
         if folder.exists():
@@ -96,6 +117,16 @@ def export_text_encoder(model: nn.Module, tokenizer: Any, folder: str | Path) ->
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return folder
+
+
+def _zero_pooler(bert: BertModel) -> dict[str, torch.Tensor]:
+    """BERT's pooler (dense H x H + tanh on the [CLS] vector) as zeros: ConVIRT never trains it
+    (its text feature is the max-pool of the last hidden states), so the exported pooler maps
+    every input to 0 and cannot pass for a trained layer."""
+    weight = bert.get_input_embeddings().weight
+    hidden = bert.config.hidden_size
+    zeros = torch.zeros(hidden, hidden, dtype=weight.dtype, device=weight.device)
+    return {"pooler.dense.weight": zeros, "pooler.dense.bias": zeros[0].clone()}
 
 
 def load_text_encoder(folder: str | Path) -> tuple[BertModel, Any, Projection]:
@@ -139,3 +170,61 @@ def load_projection(path: str | Path) -> Projection:
     except (KeyError, RuntimeError) as error:
         raise ValueError(f"{path}: not a projection export ({kind}): {error}") from None
     return projection.eval()
+
+
+def export_model(model: ConVIRTModel, folder: str | Path, *, model_config: ModelConfig, augment: AugmentSpec,
+                 max_length: int | None = None, tokenizer: Any | None = None, name: str | None = None) -> Path:
+    """Everything an export holds, into `folder` (a run's export/): image_encoder.safetensors,
+    image_projection.safetensors (when the model has g_v), text_encoder/ (when it has a text
+    side; the tokenizer is `tokenizer` or the model's), and EXPORT_INFO_FILE last: the model
+    config, the evaluation transform's AugmentSpec and max_length, so that the folder alone
+    loads (`convirt_fast.load_pretrained`). Returns the folder."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    export_image_encoder(model, folder / IMAGE_ENCODER_FILE)
+    files = {"image_encoder": IMAGE_ENCODER_FILE}
+    if model.image_projection is not None:
+        export_projection(model.image_projection, folder / IMAGE_PROJECTION_FILE)
+        files["image_projection"] = IMAGE_PROJECTION_FILE
+    if model.text_encoder is not None:
+        tokenizer = tokenizer if tokenizer is not None else model.tokenizer
+        if tokenizer is None:
+            raise ValueError("export_model: the model has a text encoder but no tokenizer (pass tokenizer=)")
+        export_text_encoder(model, tokenizer, folder / TEXT_ENCODER_DIR)
+        files["text_encoder"] = TEXT_ENCODER_DIR + "/"
+    info = {
+        "format": EXPORT_FORMAT,
+        "name": name or model.name,
+        "model": dataclasses.asdict(model_config),
+        "augment": dataclasses.asdict(augment),
+        "max_length": int(max_length if max_length is not None else model.max_length),
+        "files": files,
+    }
+    with atomic_write(folder / EXPORT_INFO_FILE, "w") as f:
+        f.write(json.dumps(info, indent=2) + "\n")
+    return folder
+
+
+@dataclasses.dataclass
+class ExportInfo:
+    """An export's EXPORT_INFO_FILE, read."""
+
+    name: str
+    model: ModelConfig
+    augment: AugmentSpec
+    max_length: int
+
+
+def read_export_info(folder: str | Path) -> ExportInfo | None:
+    """The export folder's EXPORT_INFO_FILE, or None when it has none (written before it existed)."""
+    path = Path(folder) / EXPORT_INFO_FILE
+    if not path.is_file():
+        return None
+    try:
+        info = json.loads(path.read_text(encoding="utf-8"))
+        if info.get("format") != EXPORT_FORMAT:
+            raise ValueError(f"format {info.get('format')!r}, expected {EXPORT_FORMAT!r}")
+        return ExportInfo(str(info.get("name") or Path(folder).name), ModelConfig(**info["model"]),
+                          AugmentSpec(**info["augment"]), int(info["max_length"]))
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as error:
+        raise ValueError(f"{path}: not a readable convirt_fast export description: {error}") from None

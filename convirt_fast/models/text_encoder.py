@@ -7,6 +7,7 @@ weights, whose vocabulary is the tokenizer trained on the corpus.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -43,9 +44,10 @@ def load_bert(name_or_path: str | Path) -> BertModel:
     from transformers import BertModel
 
     try:
-        bert, info = BertModel.from_pretrained(
-            str(name_or_path), add_pooling_layer=False, local_files_only=True, output_loading_info=True
-        )
+        with quiet_transformers():  # its load report lists the heads and pooler left out; checked below
+            bert, info = BertModel.from_pretrained(
+                str(name_or_path), add_pooling_layer=False, local_files_only=True, output_loading_info=True
+            )
     except OSError as e:
         raise FileNotFoundError(
             f"{name_or_path}: no BERT found locally (not a folder with config.json and weights, nor in the "
@@ -59,6 +61,36 @@ def load_bert(name_or_path: str | Path) -> BertModel:
             f"missing {missing[:8]} ({len(missing)}), wrong shape {mismatched[:8]} ({len(mismatched)})"
         )
     return bert
+
+
+def bert_from_config(name_or_path: str | Path) -> BertModel:
+    """A BERT with the architecture of the pretrained one at `name_or_path` (its config.json, a
+    local folder or the local Hugging Face cache) and random weights, without the pooler: for
+    weights loaded next from a checkpoint, so the pretrained weights are never read."""
+    from transformers import BertConfig, BertModel
+
+    try:
+        config = BertConfig.from_pretrained(str(name_or_path), local_files_only=True)
+    except OSError as e:
+        raise FileNotFoundError(
+            f"{name_or_path}: no BERT config.json found locally (the run's model.text_encoder); downloads are "
+            f"disabled: pass the folder the BERT was saved in (a run's export/text_encoder/ holds its config too)"
+        ) from e
+    return BertModel(config, add_pooling_layer=False)
+
+
+@contextlib.contextmanager
+def quiet_transformers():
+    """transformers' own log below errors for the duration (its load reports: callers check
+    the loading info themselves and raise on what matters)."""
+    from transformers.utils import logging as hf_logging
+
+    level = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(level)
 
 
 def frozen_modules(bert: BertModel, layers: int) -> list[nn.Module]:

@@ -1,4 +1,4 @@
-"""Command line: `python -m convirt_fast.prepare {mimic-cxr,csv,synthetic,rsna,chexpert,covidx,mura,chexpert-8x200,check} ...`.
+"""Command line: `python -m convirt_fast.prepare {mimic-cxr,csv,synthetic,rsna,chexpert,covidx,mura,chexpert-8x200,tokenizer,check} ...`.
 
     python -m convirt_fast.prepare mimic-cxr --root /data/mimic-cxr-jpg/2.0.0 --out prepared/mimic
     python -m convirt_fast.prepare csv --csv pairs.csv --image-col image --text-col notes \\
@@ -10,7 +10,11 @@
         --test-list test_COVIDx4.txt --out prepared/covidx
     python -m convirt_fast.prepare mura --root /data/MURA-v1.1 --out prepared/mura
     python -m convirt_fast.prepare chexpert-8x200 --root /data/CheXpert-v1.0-small --out prepared/chexpert-8x200
+    python -m convirt_fast.prepare tokenizer prepared/mine --vocab-size 2000
     python -m convirt_fast.prepare check --train prepared/mimic --eval prepared/mine
+
+The paired sets (mimic-cxr, csv, synthetic) also get the WordPiece tokenizer of their training
+sentences (tokenizers/wordpiece-<--vocab-size>/), which runs without a pretrained text encoder use.
 
 Images may be JPEG, PNG (8/16-bit) or DICOM (the `dicom` extra). The downstream sets' layouts,
 labels and split sizes: docs/evaluation.md and each preparer's module docstring.
@@ -21,6 +25,7 @@ Exit status: 0 done, 1 leakage found, 2 unusable input (the message names the fi
 from __future__ import annotations
 
 import argparse
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -28,6 +33,7 @@ from pathlib import Path
 from convirt_fast.data.leakage import LeakageError
 from convirt_fast.data.manifest import ManifestError
 from convirt_fast.prepare.common import PrepareError
+from convirt_fast.prepare.tokenizer import DEFAULT_VOCAB_SIZE
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -39,6 +45,10 @@ def _parser() -> argparse.ArgumentParser:
         sp.add_argument("--workers", type=int, default=0, help="parallel workers (0: all cores)")
         sp.add_argument("--no-progress", action="store_true", help="no progress bar")
 
+    def vocab(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument("--vocab-size", type=int, default=DEFAULT_VOCAB_SIZE,
+                        help=f"WordPiece vocabulary built from the training sentences (default {DEFAULT_VOCAB_SIZE})")
+
     m = sub.add_parser("mimic-cxr", help="MIMIC-CXR-JPG 2.0.0")
     m.add_argument("--root", type=Path, required=True, help="folder holding the CSVs and files/")
     m.add_argument("--reports", type=Path, help="reports folder or mimic-cxr-reports.zip (default: under --root)")
@@ -48,6 +58,7 @@ def _parser() -> argparse.ArgumentParser:
     m.add_argument("--image-format", choices=("auto", "jpg", "dcm"), default="auto",
                    help="<dicom_id>.jpg or <dicom_id>.dcm (auto: the .jpg when present, else the .dcm)")
     common(m)
+    vocab(m)
 
     c = sub.add_parser("csv", help="your own CSV of image paths and report text")
     c.add_argument("--csv", type=Path, required=True)
@@ -62,12 +73,14 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--validate-fraction", type=float, default=0.1)
     c.add_argument("--test-fraction", type=float, default=0.1)
     common(c)
+    vocab(c)
 
     s = sub.add_parser("synthetic", help="SynthCXR, the built-in synthetic data set")
     s.add_argument("--n", type=int, default=4000, help="train + validate studies")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--size", type=int, default=256, help="image side in pixels")
     common(s)
+    vocab(s)
 
     r = sub.add_parser("rsna", help="RSNA Pneumonia Detection Challenge (stage 2, DICOM)")
     r.add_argument("--root", type=Path, required=True, help="folder holding stage_2_train_labels.csv and stage_2_train_images/")
@@ -109,6 +122,10 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--text-queries", type=Path, help="category,text CSV (default: the built-in 5 per category)")
     e.add_argument("--seed", type=int, default=0)
     common(e)
+
+    t = sub.add_parser("tokenizer", help="(re)build a prepared folder's WordPiece tokenizer")
+    t.add_argument("folder", type=Path, help="a prepared folder")
+    vocab(t)
 
     k = sub.add_parser("check", help="leakage between a prepared training set and an evaluation set")
     k.add_argument("--train", type=Path, required=True)
@@ -166,6 +183,9 @@ def _run(args) -> int:
         print(f"generated at {rate:.0f} studies/s with {args.workers or 'all'} worker(s)", file=sys.stderr)
     elif args.command in _DOWNSTREAM:
         summary = _DOWNSTREAM[args.command](args, progress)
+    elif args.command == "tokenizer":
+        print(f"tokenizer: {_build_tokenizer(args.folder, args.vocab_size)}")
+        return 0
     else:
         from convirt_fast.prepare.check import check_prepared
 
@@ -180,8 +200,20 @@ def _run(args) -> int:
             raise LeakageError(f"{args.train} vs {args.eval or 'its own splits'}: {report.describe()}")
         print(f"no leakage: {args.train} vs {args.eval or 'its own splits'}")
         return 0
+    if args.command in ("mimic-cxr", "csv", "synthetic"):
+        print(f"tokenizer: {_build_tokenizer(args.out, args.vocab_size)}", file=sys.stderr)
     print(summary.describe() + f" in {time.perf_counter() - t0:.1f}s", file=sys.stderr)
     return 0
+
+
+def _build_tokenizer(folder: Path, vocab_size: int) -> Path:
+    from convirt_fast.data.manifest import load_manifest
+    from convirt_fast.prepare.tokenizer import build_tokenizer, tokenizer_dir
+
+    if vocab_size < 5:  # the special tokens alone take 5
+        raise ValueError(f"--vocab-size must be >= 5, got {vocab_size}")
+    shutil.rmtree(tokenizer_dir(folder, vocab_size), ignore_errors=True)  # rebuilt from the data as it is now
+    return build_tokenizer(load_manifest(folder), vocab_size)
 
 
 def _rsna(args, progress):

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from convirt_fast.data import rejects as R
-from convirt_fast.data.atomic import atomic_write
+from convirt_fast.io import atomic_write
 from convirt_fast.prepare.chexpert import read_chexpert
 from convirt_fast.prepare.common import PrepareError, PrepareSummary
 from convirt_fast.prepare.downstream import params_of, resize_items, seeded_order, write_prepared

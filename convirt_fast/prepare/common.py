@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Iterable, Iterator, Sequence
 
 from convirt_fast.data import rejects as R
-from convirt_fast.data.atomic import file_sha256
+from convirt_fast.io import file_sha256
 from convirt_fast.data.leakage import assert_no_leakage
 from convirt_fast.data.manifest import (
     FORMAT,
