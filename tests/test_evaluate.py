@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from convirt_fast.config import Config, DataConfig, LossConfig, ModelConfig, OptimConfig, TrainConfig
+from conftest import tiny_trained_run
+from convirt_fast.config import Config
 from convirt_fast.data.augment import AugmentSpec
 from convirt_fast.data.manifest import Manifest, Study
 from convirt_fast.eval.encoders import load_encoder
@@ -23,25 +24,8 @@ SPEC = AugmentSpec(output_size=32)
 
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory):
-    """A 4-step pretraining run on SynthCXR n=60 at 32 px (checkpoints, tokenizer, exports)."""
-    from convirt_fast.prepare.synthetic import ensure_synthcxr
-    from convirt_fast.post_train import post_train
-    from convirt_fast.trainer import Trainer
-
-    root = tmp_path_factory.mktemp("eval-run")
-    ensure_synthcxr(root / "cache", n=60, seed=0, size=64, workers=1, progress=False)
-    cfg = Config(
-        preset="test",
-        model=ModelConfig(image_encoder="resnet18", text_layers=2, text_hidden=32, text_heads=2, vocab_size=300,
-                          freeze_text_layers=1, projection_dim=16, channels_last=False),
-        data=DataConfig(path="synthcxr", synth_n=60, synth_size=64, cache_dir=str(root / "cache"), batch_size=8,
-                        num_workers=0, max_length=24, augment=SPEC, backend="torch"),
-        loss=LossConfig(), optim=OptimConfig(lr=1e-3, schedule="plateau"),
-        train=TrainConfig(max_steps=4, val_every=4, log_every=1, checkpoint_every=4, out_dir=str(root / "runs"),
-                          run_name="run", progress=False, evaluate=False))
-    trainer = Trainer(cfg)
-    post_train(trainer.run_dir, trainer.fit())
-    return root / "runs" / "run"
+    """A 4-step pretraining run on SynthCXR n=60 (checkpoints, tokenizer, exports)."""
+    return tiny_trained_run(tmp_path_factory.mktemp("eval-run"), SPEC)
 
 
 def test_task_all_on_tiny_synthcxr(run_dir, tmp_path):

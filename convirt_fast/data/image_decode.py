@@ -62,6 +62,17 @@ def _open(path: Path, source: io.BytesIO | None = None):
             raise ImageError(f"{path}: cannot decode image ({error})") from None
 
 
+def pil_pixels(image) -> np.ndarray:
+    """A decoded PIL image as (H, W) uint8, or uint16 for 16-bit modes; colour to luminance."""
+    if image.mode in ("I;16", "I;16B", "I;16L", "I;16N"):
+        return np.asarray(image, dtype=np.uint16)
+    if image.mode == "I":  # 32-bit container, e.g. some 16-bit PNGs
+        return np.asarray(image).clip(0, 65535).astype(np.uint16)
+    if image.mode != "L":
+        image = image.convert("L")
+    return np.asarray(image, dtype=np.uint8)
+
+
 def read_image(path: str | Path) -> np.ndarray:
     """(H, W) uint8, or uint16 for 16-bit images. Colour images are converted to luminance.
     DICOM files (by suffix or by their "DICM" magic) go through `convirt_fast.data.dicom`."""
@@ -73,13 +84,7 @@ def read_image(path: str | Path) -> np.ndarray:
     try:
         with _open(path) as image:
             image.load()  # decode fully here, so truncated files fail here
-            if image.mode in ("I;16", "I;16B", "I;16L", "I;16N"):
-                return np.asarray(image, dtype=np.uint16)
-            if image.mode == "I":  # 32-bit container, e.g. some 16-bit PNGs
-                return np.asarray(image).clip(0, 65535).astype(np.uint16)
-            if image.mode != "L":
-                image = image.convert("L")
-            return np.asarray(image, dtype=np.uint8)
+            return pil_pixels(image)
     except ImageError:
         raise
     except FileNotFoundError:

@@ -70,7 +70,7 @@ def decode_resized(src: Path, long_side: int = LONG_SIDE, *, dct_scaling: bool =
     from convirt_fast.data.dicom import is_dicom, read_dicom
 
     if is_dicom(src):
-        return _resize_array(read_dicom(src), long_side)
+        return resize_array(read_dicom(src), long_side)
     with Image.open(src) as img:
         size = target_size(*img.size, long_side)
         if dct_scaling and img.format == "JPEG":
@@ -87,7 +87,7 @@ def decode_resized(src: Path, long_side: int = LONG_SIDE, *, dct_scaling: bool =
         return img
 
 
-def _resize_array(pixels: np.ndarray, long_side: int) -> Image.Image:
+def resize_array(pixels: np.ndarray, long_side: int) -> Image.Image:
     """A decoded (H, W) uint8 / uint16 array, resized exactly as a PNG holding it would be."""
     img = Image.fromarray(pixels)  # uint8 -> 'L', uint16 -> 'I;16'
     size = target_size(*img.size, long_side)

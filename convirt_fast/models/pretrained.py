@@ -77,8 +77,8 @@ class EvalTransform:
         """The (H, W) uint8 or uint16 array the data pipeline would read for `image`."""
         from PIL import Image
 
-        from convirt_fast.data.image_decode import read_image
-        from convirt_fast.data.resize import _resize_array, decode_resized
+        from convirt_fast.data.image_decode import pil_pixels, read_image
+        from convirt_fast.data.resize import resize_array, decode_resized
 
         if isinstance(image, (str, Path)):
             path = Path(image)
@@ -91,14 +91,14 @@ class EvalTransform:
             except (OSError, SyntaxError) as error:
                 raise ValueError(f"{path}: cannot decode image ({error})") from None
         if isinstance(image, Image.Image):
-            pixels = _pil_pixels(image)
+            pixels = pil_pixels(image)
         elif isinstance(image, np.ndarray):
             pixels = _array_pixels(image)
         else:
             raise TypeError(f"transform: expected a PIL image, a uint8/uint16 numpy array or a path, "
                             f"got {type(image).__name__}")
         if self.long_side is not None and max(pixels.shape) > self.long_side:
-            pixels = np.asarray(_resize_array(pixels, self.long_side))
+            pixels = np.asarray(resize_array(pixels, self.long_side))
         return pixels
 
     def __call__(self, image: Any) -> torch.Tensor:
@@ -109,17 +109,6 @@ class EvalTransform:
         canvas, heights, widths, max_value = pad_batch([self.pixels(image)])
         images = to_unit_float(canvas.to(self.device), max_value)
         return eval_batch(images, eval_matrix(heights, widths, self.spec.output_size), self.spec)[0]
-
-
-def _pil_pixels(image) -> np.ndarray:
-    """As `data.image_decode.read_image` turns a decoded PIL image into pixels."""
-    if image.mode in ("I;16", "I;16B", "I;16L", "I;16N"):
-        return np.asarray(image, dtype=np.uint16)
-    if image.mode == "I":  # 32-bit container, e.g. some 16-bit PNGs
-        return np.asarray(image).clip(0, 65535).astype(np.uint16)
-    if image.mode != "L":
-        image = image.convert("L")
-    return np.asarray(image, dtype=np.uint8)
 
 
 def _array_pixels(array: np.ndarray) -> np.ndarray:
