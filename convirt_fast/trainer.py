@@ -18,7 +18,7 @@ from convirt_fast.checkpoint import Checkpointer, ModelState, OptimizerState, RN
 from convirt_fast.config import Config
 from convirt_fast.data.manifest import load_manifest
 from convirt_fast.data.pipeline import build_loaders
-from convirt_fast.distributed import init_distributed, mean_across_ranks
+from convirt_fast.distributed import barrier, init_distributed, mean_across_ranks
 from convirt_fast.kernels.convirt_loss import resolve_backend
 from convirt_fast.loss import ConVIRTLoss
 from convirt_fast.models import build_model
@@ -47,9 +47,10 @@ class Trainer:
         # The run folder keeps the tokenizer it trains with (a resumed run goes on with it); a new
         # run takes the prepared folder's, or the pretrained text encoder's.
         own = self.run_dir / "tokenizer"
-        self.tokenizer = load_tokenizer(own if own.is_dir() else cfg.model.text_encoder
-                                        or ensure_tokenizer(self.manifest, cfg.model.vocab_size))
-        if info.is_main and not own.is_dir():
+        source = own if own.is_dir() else cfg.model.text_encoder or ensure_tokenizer(self.manifest, cfg.model.vocab_size)
+        barrier()  # every rank has chosen its source before rank 0 writes the run's copy
+        self.tokenizer = load_tokenizer(source)
+        if info.is_main and source != own:
             self.tokenizer.save_pretrained(str(own))
         self.model, _ = build_model(cfg.model, tokenizer=self.tokenizer)
         self.train_model, self.parallel, self.autocast_dtype = parallelize(self.model, cfg.train, info)
