@@ -120,9 +120,10 @@ class Run:
 
 
 def plan(preset: str, fixed: list[str], points: list[Point], seeds: list[int], out: Path) -> list[Run]:
-    """Every run, its config checked now (a typo fails before hours of training, not after)."""
+    """Every run, all configs checked before anything is written (a typo fails before hours of
+    training, not after); each point's folder gets point.json, what it changes in the preset."""
     base = parse_args(["--preset", preset]).to_dict()
-    runs = []
+    runs, configs = [], {}
     for point in points:
         for seed in seeds:
             args = ["--preset", preset, *fixed, *point.args(), f"--train.seed={seed}"]
@@ -131,11 +132,13 @@ def plan(preset: str, fixed: list[str], points: list[Point], seeds: list[int], o
             except ValueError as error:
                 raise ValueError(f"grid point {point.label or '(preset)'}, seed {seed}: {error}") from None
             point_dir = out / "points" / config_hash(config)
+            configs[point_dir] = config
             runs.append(Run(point, seed, point_dir / f"seed{seed}", args))
-            if not (point_dir / "point.json").exists():
-                point_dir.mkdir(parents=True, exist_ok=True)
-                (point_dir / "point.json").write_text(json.dumps(
-                    {"preset": preset, "differs_from_preset": config_diff(config, base)}, indent=2, default=str))
+    for point_dir, config in configs.items():
+        if not (point_dir / "point.json").exists():
+            point_dir.mkdir(parents=True, exist_ok=True)
+            (point_dir / "point.json").write_text(json.dumps(
+                {"preset": preset, "differs_from_preset": config_diff(config, base)}, indent=2, default=str))
     return runs
 
 

@@ -10,6 +10,8 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from pathlib import Path
 
+from convirt_fast.eval.metrics import mean_std
+
 METRIC_NAMES = {
     "t2i_P@10": "text->image P@10",
     "i2i_P@10": "image->image P@10",
@@ -35,9 +37,9 @@ class Measurement:
     wall_s: float | None = None
 
 
-def mean_std(values: list[float]) -> dict:
-    return {"mean": statistics.fmean(values), "std": statistics.stdev(values) if len(values) > 1 else 0.0,
-            "n": len(values), "values": values}
+def over_seeds(values: list[float]) -> dict:
+    """Mean and sample std (eval.metrics.mean_std), with every seed's value kept."""
+    return {**mean_std(values), "values": values}
 
 
 def aggregate(measurements: list[Measurement], keys: list[str]) -> list[dict]:
@@ -50,14 +52,14 @@ def aggregate(measurements: list[Measurement], keys: list[str]) -> list[dict]:
     for row in rows.values():
         runs = row["runs"]
         names = sorted({k for r in runs for k, v in r["metrics"].items() if isinstance(v, (int, float))})
-        row["metrics"] = {n: mean_std([r["metrics"][n] for r in runs if n in r["metrics"]]) for n in names}
+        row["metrics"] = {n: over_seeds([r["metrics"][n] for r in runs if n in r["metrics"]]) for n in names}
         categories = sorted({c for r in runs for c in r["per_category_t2i"]})
-        row["per_category_t2i"] = {c: mean_std([r["per_category_t2i"][c] for r in runs if c in r["per_category_t2i"]])
+        row["per_category_t2i"] = {c: over_seeds([r["per_category_t2i"][c] for r in runs if c in r["per_category_t2i"]])
                                    for c in categories}
         row["probe_metric"] = next((r["metrics"].get("probe_metric") for r in runs if "probe_metric" in r["metrics"]), None)
         row["chance"] = next((r["chance"] for r in runs if r["chance"] is not None), None)
         walls = [r["wall_s"] for r in runs if r["wall_s"]]
-        row["wall_s"] = mean_std(walls) if walls else None
+        row["wall_s"] = over_seeds(walls) if walls else None
     return list(rows.values())
 
 
@@ -65,7 +67,7 @@ def _cell(stat: dict | None) -> str:
     if stat is None:
         return "-"
     seeds = " / ".join(f"{v:.3f}" for v in stat["values"])
-    return f"{stat['mean']:.3f} ± {stat['std']:.3f} ({seeds})" if stat["n"] > 1 else f"{stat['mean']:.3f}"
+    return f"{stat['mean']:.3f} ± {stat['std']:.3f} ({seeds})" if stat["runs"] > 1 else f"{stat['mean']:.3f}"
 
 
 def markdown(rows: list[dict], keys: list[str], header: dict) -> str:
