@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
-from convirt_fast.data.errors import ImageError  # noqa: F401  (raised here; importers take it from here too)
+from convirt_fast.data.errors import ImageError  # raised here; the loader imports it from here too
 
 # 16-bit values are carried in int32: torch has few uint16 kernels.
 MAX_8BIT = 255.0
