@@ -304,17 +304,28 @@ def test_build_releases_the_gil(corpus):
     reports = corpus * 400
     start = time.perf_counter()
     native.SentenceIndex.build(reports, threads=1)
-    build_time = time.perf_counter() - start
-    assert build_time > 0.05, "corpus too small to observe the GIL"
-    # While another thread builds, this one keeps running: its longest pause stays far below
-    # the build time (with the GIL held it would be the whole build).
-    worker = threading.Thread(target=native.SentenceIndex.build, args=(reports,), kwargs={"threads": 1})
-    longest_pause, last = 0.0, time.perf_counter()
-    worker.start()
-    while worker.is_alive():
-        now = time.perf_counter()
-        longest_pause, last = max(longest_pause, now - last), now
-    assert longest_pause < build_time / 2
+    assert time.perf_counter() - start > 0.05, "corpus too small to observe the GIL"
+
+    def longest_pause_during_build() -> tuple[float, float]:
+        """While another thread builds, this one keeps running: its longest pause stays far
+        below the build time (with the GIL held it would be the whole build)."""
+        worker = threading.Thread(target=native.SentenceIndex.build, args=(reports,), kwargs={"threads": 1})
+        longest_pause, started = 0.0, time.perf_counter()
+        last = started
+        worker.start()
+        while worker.is_alive():
+            now = time.perf_counter()
+            longest_pause, last = max(longest_pause, now - last), now
+        return longest_pause, time.perf_counter() - started
+
+    # A build holding the GIL fails every attempt; on a loaded 2-core CI machine the OS may
+    # deschedule this thread once for a long slice, so one clean attempt of three is the bar.
+    attempts = []
+    for _ in range(3):
+        attempts.append(longest_pause_during_build())
+        if attempts[-1][0] < attempts[-1][1] / 2:
+            return
+    pytest.fail(f"this thread stalled for most of the build in every attempt (pause s, build s): {attempts}")
 
 
 # ----------------------------------------------------------------------------------------------
