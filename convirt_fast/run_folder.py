@@ -1,4 +1,5 @@
-"""A run's folder: out_dir/run_name, named by default so that every restart finds it again."""
+"""A run's folder: out_dir/run_name, named by default so that every restart finds it again, with
+the config and the tokenizer the run trains with."""
 
 from __future__ import annotations
 
@@ -9,6 +10,8 @@ from datetime import datetime
 from pathlib import Path
 
 from convirt_fast.distributed import barrier, broadcast_object
+from convirt_fast.prepare.tokenizer import ensure_tokenizer
+from convirt_fast.text.tokenizer import load_tokenizer
 
 
 def run_dir(cfg, is_main: bool) -> Path:
@@ -20,6 +23,19 @@ def run_dir(cfg, is_main: bool) -> Path:
         (folder / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
     barrier()
     return folder
+
+
+def run_tokenizer(folder: Path, model_cfg, manifest, is_main: bool):
+    """The tokenizer a run trains with. The run folder keeps its own copy (a resumed run goes on
+    with it); a new run takes the prepared folder's (built there once if missing), or the
+    pretrained text encoder's."""
+    own = folder / "tokenizer"
+    source = own if own.is_dir() else model_cfg.text_encoder or ensure_tokenizer(manifest, model_cfg.vocab_size)
+    barrier()  # every rank has chosen its source before rank 0 writes the run's copy
+    tokenizer = load_tokenizer(source)
+    if is_main and source != own:
+        tokenizer.save_pretrained(str(own))
+    return tokenizer
 
 
 def default_run_name(preset: str) -> str:

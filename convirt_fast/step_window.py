@@ -16,6 +16,13 @@ import torch
 class NonFiniteLoss(RuntimeError):
     """A NaN or inf loss with train.on_nonfinite=stop; names the step and the studies."""
 
+    @classmethod
+    def at(cls, first_nonfinite: tuple[int, float, list[int]], rank: int, studies) -> NonFiniteLoss:
+        """From `WindowSummary.first_nonfinite`; `studies`: the manifest's, indexed by row."""
+        step, loss, rows = first_nonfinite
+        return cls(f"non-finite loss or gradient at step {step} (rank {rank} loss {loss}); "
+                   f"studies of this rank's batch: {[studies[r].study_id for r in rows]}")
+
 
 @dataclass
 class WindowSummary:

@@ -53,3 +53,9 @@ def utilisation(flops_per_step: float, steps: int, seconds: float, peak: float |
     if peak is None or seconds <= 0 or not flops_per_step:
         return None
     return flops_per_step * steps / seconds / peak
+
+
+def step_rates(pairs: int, steps: int, seconds: float, flops_per_step: float | None, peak: float | None) -> dict:
+    """What a window of steps achieved: pairs per second (all ranks) and this rank's MFU."""
+    mfu = utilisation(flops_per_step, steps, seconds, peak)
+    return {"pairs_per_s": round(pairs / max(seconds, 1e-9), 1), "mfu": None if mfu is None else round(mfu, 4)}

@@ -18,19 +18,17 @@ from convirt_fast.checkpoint import Checkpointer, ModelState, OptimizerState, RN
 from convirt_fast.config import Config
 from convirt_fast.data.manifest import load_manifest
 from convirt_fast.data.pipeline import build_loaders
-from convirt_fast.distributed import barrier, init_distributed, mean_across_ranks
+from convirt_fast.distributed import init_distributed, mean_across_ranks
 from convirt_fast.kernels.convirt_loss import resolve_backend
 from convirt_fast.loss import ConVIRTLoss
 from convirt_fast.models import build_model
 from convirt_fast.parallel import average_outside_gradients, gradient_sync, nonfinite_gradients, parallelize
 from convirt_fast.prepare.source import data_path
-from convirt_fast.prepare.tokenizer import ensure_tokenizer
-from convirt_fast.run_folder import run_dir
+from convirt_fast.run_folder import run_dir, run_tokenizer
 from convirt_fast.run_log import ProgressBar, RunLog
 from convirt_fast.schedule import LRSchedule, build_optimizer
 from convirt_fast.step_window import NonFiniteLoss, StepWindow
-from convirt_fast.text.tokenizer import load_tokenizer
-from convirt_fast.throughput import peak_flops, utilisation
+from convirt_fast.throughput import peak_flops, step_rates
 
 
 class Trainer:
@@ -44,14 +42,7 @@ class Trainer:
         random.seed(cfg.train.seed + info.rank)
         self.run_dir = run_dir(cfg, info.is_main)
         self.manifest = load_manifest(data_path(cfg.data, cfg.train.seed, progress=info.is_main and cfg.train.progress))
-        # The run folder keeps the tokenizer it trains with (a resumed run goes on with it); a new
-        # run takes the prepared folder's, or the pretrained text encoder's.
-        own = self.run_dir / "tokenizer"
-        source = own if own.is_dir() else cfg.model.text_encoder or ensure_tokenizer(self.manifest, cfg.model.vocab_size)
-        barrier()  # every rank has chosen its source before rank 0 writes the run's copy
-        self.tokenizer = load_tokenizer(source)
-        if info.is_main and source != own:
-            self.tokenizer.save_pretrained(str(own))
+        self.tokenizer = run_tokenizer(self.run_dir, cfg.model, self.manifest, info.is_main)
         self.model, _ = build_model(cfg.model, tokenizer=self.tokenizer)
         self.train_model, self.parallel, self.autocast_dtype = parallelize(self.model, cfg.train, info)
         self.loss_fn = ConVIRTLoss(cfg.loss.tau, cfg.loss.lam, cfg.loss.learnable_tau, cfg.loss.gather,
@@ -145,10 +136,7 @@ class Trainer:
         seconds = time.perf_counter() - window_start
         self.progress.skipped_nonfinite += w.steps - w.finite_steps
         if w.first_nonfinite is not None and self.cfg.train.on_nonfinite == "stop":
-            step, loss, rows = w.first_nonfinite
-            studies = [self.manifest.studies[r].study_id for r in rows]
-            raise NonFiniteLoss(f"non-finite loss or gradient at step {step} (rank {self.info.rank} loss {loss}); "
-                                f"studies of this rank's batch: {studies}")
+            raise NonFiniteLoss.at(w.first_nonfinite, self.info.rank, self.manifest.studies)
         record = {"loss": w.mean_loss, "lr": self.schedule.lr(self.step - 1), **self._rates(w.steps, seconds),
                   "step_ms": round(1000 * seconds / w.steps, 2), "tau": w.extra[0] if w.extra else tau,
                   "epoch": self.loader.epoch, "skipped_nonfinite": self.progress.skipped_nonfinite}
@@ -158,8 +146,7 @@ class Trainer:
 
     def _rates(self, steps: int, seconds: float) -> dict:
         pairs = steps * self.cfg.data.batch_size * self.info.world_size * self.cfg.train.grad_accum
-        mfu = utilisation(self.flops_per_step, steps, seconds, self.peak_flops)
-        return {"pairs_per_s": round(pairs / max(seconds, 1e-9), 1), "mfu": None if mfu is None else round(mfu, 4)}
+        return step_rates(pairs, steps, seconds, self.flops_per_step, self.peak_flops)
 
     @torch.no_grad()
     def validate(self) -> float | None:
