@@ -1,5 +1,6 @@
 """Resume as it happens, through the command line: `torchrun --standalone --nproc_per_node=2 -m
-convirt_fast.train` on 2 gloo ranks, each with 2 DataLoader workers,
+convirt_fast.train` on 2 gloo ranks, each with 2 DataLoader workers (DDP, the default with several
+ranks; and FSDP2 with the global-batch loss, as the large-batch preset trains),
 
 - every process (torchrun, both ranks, their workers) SIGKILLed from outside between two
   checkpoints, as a lost machine would be, then the same command run again: it resumes from the
@@ -73,10 +74,13 @@ def hooks(tmp_path_factory):
     return folder
 
 
+PARALLEL = {"ddp": (), "fsdp-gather": ("--train.parallel=fsdp", "--loss.gather=true")}
+
+
 def launch(out_dir: Path, cache: Path, hooks: Path, *, fault: str | None = None, run_name: str | None = "run",
-           max_restarts: int = 0) -> subprocess.Popen:
-    """The CLI on 2 gloo ranks, tiny models, 2 DataLoader workers per rank; stdout and stderr
-    together in out_dir/log-<n>.txt."""
+           max_restarts: int = 0, parallel: str = "ddp") -> subprocess.Popen:
+    """The CLI on 2 gloo ranks, tiny models, 2 DataLoader workers per rank, parallelism as
+    PARALLEL[parallel]; stdout and stderr together in out_dir/log-<n>.txt."""
     args = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
             f"--max-restarts={max_restarts}", "-m", "convirt_fast.train",
             "--model.image_encoder=resnet18", "--model.text_layers=2", "--model.text_hidden=32",
@@ -87,7 +91,7 @@ def launch(out_dir: Path, cache: Path, hooks: Path, *, fault: str | None = None,
             "--data.backend=torch", "--optim.warmup_steps=2",
             f"--train.max_steps={MAX_STEPS}", f"--train.checkpoint_every={CHECKPOINT_EVERY}", "--train.val_every=6",
             "--train.log_every=1", "--train.progress=false", "--train.evaluate=false", f"--train.out_dir={out_dir}",
-            *([f"--train.run_name={run_name}"] if run_name else [])]
+            *([f"--train.run_name={run_name}"] if run_name else []), *PARALLEL[parallel]]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "OMP_WAIT_POLICY": "PASSIVE",
            # torchrun shares its rendezvous store with the workers by default, and a restarted
            # attempt then reads the previous attempt's gloo/NCCL addresses from it and cannot
@@ -194,16 +198,25 @@ def assert_same_run(got: dict, expected: dict) -> None:
 
 @pytest.fixture(scope="module")
 def uninterrupted(tmp_path_factory, cache, hooks):
-    out = tmp_path_factory.mktemp("uninterrupted")
-    run_and_wait(out, cache, hooks)
-    return final_state(out / "run")
+    """The final state of an uninterrupted run, per parallelism (each run once per module)."""
+    runs = {}
+
+    def run(parallel: str = "ddp") -> dict:
+        if parallel not in runs:
+            out = tmp_path_factory.mktemp(f"uninterrupted-{parallel}")
+            run_and_wait(out, cache, hooks, parallel=parallel)
+            runs[parallel] = final_state(out / "run")
+        return runs[parallel]
+
+    return run
 
 
 @pytest.mark.slow
-def test_sigkill_mid_run_then_rerun_is_exact(tmp_path, cache, hooks, uninterrupted):
+@pytest.mark.parametrize("parallel", PARALLEL)
+def test_sigkill_mid_run_then_rerun_is_exact(tmp_path, cache, hooks, uninterrupted, parallel):
     """SIGKILL to the whole process group between checkpoints (steps slowed so that the kill
     cannot miss), then the same command again: resumed, and the run an uninterrupted one."""
-    proc = launch(tmp_path, cache, hooks, fault="slow:0.4")
+    proc = launch(tmp_path, cache, hooks, fault="slow:0.4", parallel=parallel)
     last = tmp_path / "run" / "checkpoints" / "last.pt"
     deadline = time.monotonic() + TIMEOUT_S
     while not last.exists() and proc.poll() is None and time.monotonic() < deadline:
@@ -215,9 +228,9 @@ def test_sigkill_mid_run_then_rerun_is_exact(tmp_path, cache, hooks, uninterrupt
     assert 0 < killed_at < MAX_STEPS, killed_at  # killed mid-run, after a checkpoint
     assert not (tmp_path / "run" / "summary.json").exists()
 
-    text = run_and_wait(tmp_path, cache, hooks)
+    text = run_and_wait(tmp_path, cache, hooks, parallel=parallel)
     assert f"resumed from {last} at step {killed_at}" in text
-    assert_same_run(final_state(tmp_path / "run"), uninterrupted)
+    assert_same_run(final_state(tmp_path / "run"), uninterrupted(parallel))
 
 
 @pytest.mark.slow
@@ -232,7 +245,7 @@ def test_torchrun_restart_resumes_by_itself(tmp_path, cache, hooks, uninterrupte
     assert run_dir.name.startswith("cpu-default-") and (run_dir / "summary.json").exists()
     assert f"resumed from {run_dir / 'checkpoints' / 'last.pt'} at step 8" in text
     assert json.loads((run_dir / "summary.json").read_text())["steps_this_run"] == MAX_STEPS - 8
-    assert_same_run(final_state(run_dir), uninterrupted)
+    assert_same_run(final_state(run_dir), uninterrupted())
 
 
 _NAME = "from convirt_fast.run_folder import default_run_name; print(default_run_name('p'))"
