@@ -1,5 +1,6 @@
 """The trainer on tiny models: DDP and FSDP2 on 2 gloo ranks, exact resume, checkpoints, the CLI."""
 
+import faulthandler
 import json
 import math
 import os
@@ -62,6 +63,7 @@ def parameters_of(model) -> dict[str, torch.Tensor]:
 
 
 def _rank_main(rank, world, port, cfg_dict, out_dir):
+    faulthandler.enable(all_threads=True)  # a native abort (as test_loss_distributed saw) prints where
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
                       LOCAL_RANK=str(rank))
     torch.set_num_threads(1)
