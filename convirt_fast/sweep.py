@@ -118,6 +118,12 @@ class Run:
     def log(self) -> Path:
         return self.folder.parent / f"seed{self.seed}.log"
 
+    @property
+    def recorded_wall_s(self) -> float | None:
+        """The sweep's time for this run (training and probe), from an earlier invocation."""
+        record = self.folder / "sweep_run.json"
+        return json.loads(record.read_text()).get("wall_s") if record.exists() else None
+
 
 def plan(preset: str, fixed: list[str], points: list[Point], seeds: list[int], out: Path) -> list[Run]:
     """Every run, all configs checked before anything is written (a typo fails before hours of
@@ -239,7 +245,7 @@ def main(argv: list[str] | None = None) -> int:
             eta = f", about {(time.perf_counter() - started) / len(walls) * (len(todo) - i + 1) / 60:.0f} min left"
         print(f"[sweep] {i}/{len(todo)}: {run.point.label or '(preset)'}, seed {run.seed} -> {run.folder}{eta}",
               flush=True)
-        wall = 0.0
+        wall = run.recorded_wall_s or 0.0  # re-entered for the probe only: training time was recorded then
         if not run.finished:
             rc, wall = train(run, args.nproc, args.timeout)
             if rc != 0 or not run.finished:
@@ -256,9 +262,7 @@ def main(argv: list[str] | None = None) -> int:
     measurements = []
     for run in runs:
         if run.finished:
-            record = run.folder / "sweep_run.json"
-            wall = json.loads(record.read_text()).get("wall_s") if record.exists() else None
-            measurements.append(measure(run, wall))
+            measurements.append(measure(run, run.recorded_wall_s))
     name = args.name or "+".join(keys)
     files = write_sweep_report(measurements, keys, out / name, preset=args.preset, fixed=fixed, seeds=seeds,
                                command=" ".join(["python -m convirt_fast.sweep", *(sys.argv[1:] if argv is None else argv)]))

@@ -8,6 +8,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -94,3 +95,21 @@ def test_tiny_sweep_trains_tabulates_and_resumes(tmp_path):
     assert "1 already done, 1 to run" in other.stdout
     assert {p: p.stat().st_mtime_ns for p in summaries} == summaries
     assert len(list(out.glob("points/*/seed0/summary.json"))) == 3
+
+    # --probe on a finished point: only the probe runs (the run and a random init of its
+    # architecture, linear at 1 %), and the run's recorded time keeps its training part (set
+    # to 10,000 s here, so that a probe time alone could not pass for it).
+    record = Path(result["rows"][0]["runs"][0]["folder"]) / "sweep_run.json"
+    record.write_text(json.dumps({**json.loads(record.read_text()), "wall_s": 10_000.0}))
+    started = time.perf_counter()
+    probed = sweep(["--grid", "loss.tau=0.1", "--seeds", "0", "--probe", "--probe-seeds", "1", "--out", str(out),
+                    "--name", "probed", *tiny(cache)])
+    elapsed = time.perf_counter() - started
+    assert probed.returncode == 0, probed.stdout[-3000:] + probed.stderr[-3000:]
+    assert "0 already done, 1 to run" in probed.stdout
+    (row,) = json.loads((out / "probed" / "results.json").read_text())["rows"]
+    for metric in ("probe_1%", "probe_1%_random"):
+        assert 0 <= row["metrics"][metric]["mean"] <= 1, row["metrics"]
+    (run,) = row["runs"]
+    assert 10_000 < run["wall_s"] < 10_000 + elapsed
+    assert {p: p.stat().st_mtime_ns for p in summaries} == summaries  # no training
