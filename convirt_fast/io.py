@@ -8,6 +8,7 @@ The bottom layer of the package: every other layer may import it; it imports not
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import tempfile
 from contextlib import contextmanager
@@ -53,6 +54,13 @@ def atomic_write(path: Path, mode: str = "w", *, fsync: bool = True, **open_kwar
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def atomic_write_json(path: Path, obj) -> None:
+    """`obj` as indented JSON through atomic_write: a file others test for (a run's summary.json
+    says the run finished) is never seen half written."""
+    with atomic_write(path) as f:
+        f.write(json.dumps(obj, indent=2) + "\n")
 
 
 def atomic_torch_save(obj, path: Path) -> None:

@@ -13,7 +13,7 @@ import torch
 
 from convirt_fast.checkpoint import BEST, LAST
 from convirt_fast.config import Config
-from convirt_fast.io import load_checkpoint
+from convirt_fast.io import atomic_write_json, load_checkpoint
 from convirt_fast.run_log import METRICS, plot_losses
 
 
@@ -46,7 +46,7 @@ def post_train(run_dir: Path, summary: dict, *, device: torch.device | None = No
                                     max_length=cfg.data.max_length)
         if result is not None:
             summary["retrieval"] = result
-            (run_dir / "retrieval.json").write_text(json.dumps(result, indent=2))
+            atomic_write_json(run_dir / "retrieval.json", result)
             files["retrieval"] = "retrieval.json"
     export_model(model.cpu(), run_dir / "export", model_config=cfg.model, augment=cfg.data.augment,
                  max_length=cfg.data.max_length)
@@ -58,7 +58,7 @@ def post_train(run_dir: Path, summary: dict, *, device: torch.device | None = No
         files["loss_plot"] = "loss.png"
     summary["run_dir"] = str(run_dir)
     summary["files"] = files
-    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+    atomic_write_json(run_dir / "summary.json", summary)
     return summary
 
 

@@ -3,13 +3,13 @@ the config and the tokenizer the run trains with."""
 
 from __future__ import annotations
 
-import json
 import os
 import uuid
 from datetime import datetime
 from pathlib import Path
 
 from convirt_fast.distributed import barrier, broadcast_object
+from convirt_fast.io import atomic_write_json
 from convirt_fast.prepare.tokenizer import ensure_tokenizer
 from convirt_fast.text.tokenizer import load_tokenizer
 
@@ -20,7 +20,7 @@ def run_dir(cfg, is_main: bool) -> Path:
     folder = Path(cfg.train.out_dir) / name
     if is_main:
         folder.mkdir(parents=True, exist_ok=True)
-        (folder / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
+        atomic_write_json(folder / "config.json", cfg.to_dict())
     barrier()
     return folder
 

@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from convirt_fast.cli import parse_args
+from convirt_fast.io import atomic_write_json
 from convirt_fast.sweep_report import Measurement, write_sweep_report
 
 # Fields that name or display a run and do not change what it computes: left out of the point's
@@ -258,7 +259,7 @@ def main(argv: list[str] | None = None) -> int:
             if rc != 0:
                 failed.append(f"{run.point.label} seed {run.seed}: probe exited with {rc}; log {run.log}")
         walls[run.folder] = wall
-        (run.folder / "sweep_run.json").write_text(json.dumps({"wall_s": round(wall, 1), "args": run.train_args}))
+        atomic_write_json(run.folder / "sweep_run.json", {"wall_s": round(wall, 1), "args": run.train_args})
     measurements = []
     for run in runs:
         if run.finished:

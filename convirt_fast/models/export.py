@@ -48,7 +48,7 @@ from safetensors.torch import load_file, save
 from torch import nn
 
 from convirt_fast.data.augment import AugmentSpec
-from convirt_fast.io import atomic_write
+from convirt_fast.io import atomic_write, atomic_write_json
 from convirt_fast.models.config import ModelConfig
 from convirt_fast.models.projection import Projection
 
@@ -200,8 +200,7 @@ def export_model(model: ConVIRTModel, folder: str | Path, *, model_config: Model
         "max_length": int(max_length if max_length is not None else model.max_length),
         "files": files,
     }
-    with atomic_write(folder / EXPORT_INFO_FILE, "w") as f:
-        f.write(json.dumps(info, indent=2) + "\n")
+    atomic_write_json(folder / EXPORT_INFO_FILE, info)
     return folder
 
 
