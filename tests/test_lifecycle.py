@@ -130,6 +130,29 @@ def test_config_defaults_are_their_preset():
     assert PRESETS["cpu-default"]().preset == "cpu-default"
 
 
+def test_config_defaults_are_the_papers_recipe():
+    """Config() is mimic-paper (above, by construction); here its values are checked against
+    ../shared/PAPER.md's numbers one by one, so that a changed default cannot pass unnoticed."""
+    cfg = Config()
+    m, d, a = cfg.model, cfg.data, cfg.data.augment
+    assert cfg.preset == "mimic-paper"
+    # ResNet-50; BERT-base with embeddings and the first 6 of 12 layers frozen; MLP heads to 512
+    assert (m.image_encoder, m.text_layers, m.text_hidden, m.text_heads) == ("resnet50", 12, 768, 12)
+    assert (m.freeze_text_layers, m.projection, m.projection_dim) == (6, "mlp", 512)
+    # t_v: crop area [0.6, 1], flip 0.5, rotation 20, translation 0.1, scale [0.95, 1.05],
+    # brightness and contrast [0.6, 1.4], blur sigma [0.1, 3.0], 224 px
+    assert (tuple(a.crop_area), a.flip_p, a.rotation_deg, a.translate, tuple(a.scale)) == ((0.6, 1.0), 0.5, 20.0, 0.1,
+                                                                                            (0.95, 1.05))
+    assert (tuple(a.brightness), tuple(a.contrast), tuple(a.blur_sigma), a.output_size) == ((0.6, 1.4), (0.6, 1.4),
+                                                                                             (0.1, 3.0), 224)
+    # lambda 0.75, tau 0.1 (fixed), batch 32, Adam lr 1e-4, weight decay 1e-6
+    assert (cfg.loss.tau, cfg.loss.lam, cfg.loss.learnable_tau, d.batch_size) == (0.1, 0.75, False, 32)
+    assert (cfg.optim.lr, cfg.optim.weight_decay) == (1e-4, 1e-6)
+    # validation every 5,000 steps, lr halved after 5 flat validations, stop after 200
+    assert (cfg.train.val_every, cfg.optim.schedule, cfg.optim.plateau_patience, cfg.optim.plateau_factor,
+            cfg.train.max_validations) == (5000, "plateau", 5, 0.5, 200)
+
+
 def test_cpp_sample_choice_matches_the_reference():
     from convirt_fast.text import reference
     from convirt_fast.text.ops import sample_choice, splitmix64
