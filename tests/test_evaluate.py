@@ -79,6 +79,13 @@ def test_encoder_sources_agree(run_dir, tmp_path):
     assert isinstance(from_folder.encoder, ConVIRTModel) and isinstance(from_export.encoder, ConVIRTModel)
     assert from_folder.encoder.name == from_export.encoder.name == "run" and from_folder.encoder.max_length == 24
     assert load_encoder(str(run_dir / "export")).source == from_export.source
+    # Folders are read as load_pretrained reads them: a run folder whose checkpoints were deleted
+    # loads its export/, and a folder with neither is refused by name.
+    stripped = tmp_path / "run_without_checkpoints"
+    shutil.copytree(run_dir, stripped, ignore=shutil.ignore_patterns("checkpoints"))
+    assert load_encoder(str(stripped)).source == load_encoder(str(stripped / "export")).source
+    with pytest.raises(ValueError, match="neither a run folder"):
+        load_encoder(str(tmp_path))
     images = torch.randn(3, 1, 32, 32)
     with torch.no_grad():
         assert torch.equal(from_folder.encoder.image_features(images), from_export.encoder.image_features(images))

@@ -84,12 +84,11 @@ def load_encoder(source: str, reference: ModelConfig | None = None, arch: str | 
         return baseline("random", reference, arch)
     if not path.exists():
         raise FileNotFoundError(f"{source}: no such checkpoint, run folder or weights file")
-    if path.is_dir():
-        from convirt_fast.models.pretrained import CHECKPOINTS, IMAGE_ENCODER_FILE
+    if path.is_dir():  # as load_pretrained reads folders (a run folder without checkpoints: its export/)
+        from convirt_fast.models.pretrained import path_kind
 
-        is_export = (path / IMAGE_ENCODER_FILE).is_file() and not any(
-            (path / "checkpoints" / name).is_file() for name in CHECKPOINTS)
-        return load_exported(path) if is_export else load_run(path)
+        kind, path = path_kind(path)
+        return load_exported(path) if kind == "export" else load_run(path)
     if path.suffix == ".pt" and _is_checkpoint(path):
         return load_run(path)
     if path.suffix == ".safetensors" and arch is None:

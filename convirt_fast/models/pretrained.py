@@ -305,7 +305,7 @@ def load_pretrained(path: str | Path, device: str | torch.device = "cpu") -> Pre
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"{path}: no such run folder, checkpoint or export")
-    kind, path = _kind(path)
+    kind, path = path_kind(path)
     if kind == "run":
         loaded = load_run_model(path)
         model, config = loaded.model, loaded.config
@@ -323,7 +323,7 @@ def load_pretrained(path: str | Path, device: str | torch.device = "cpu") -> Pre
     return Pretrained(model, model.tokenizer, EvalTransform(augment, device=device), source, config)
 
 
-def _kind(path: Path) -> tuple[str, Path]:
+def path_kind(path: Path) -> tuple[str, Path]:
     """("run", folder or checkpoint) or ("export", folder or safetensors file); a run folder
     without checkpoints (deleted to save space) loads its export/. Else a ValueError naming the path."""
     if path.is_dir():
