@@ -19,7 +19,7 @@ import sys
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 from convirt_fast.cli import parse_args  # noqa: E402
-from convirt_fast.distributed import cleanup
+from convirt_fast.distributed import barrier, cleanup  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -36,6 +36,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         trainer = Trainer(cfg)
         summary = trainer.fit()
+        # Every rank is done with the group: leave it together (a rank tearing gloo down while
+        # another still uses it can abort), then rank 0 post-trains from the folder, alone.
+        barrier()
+        cleanup()
         if trainer.info.is_main:  # evaluation, exports, plot, summary.json: from the run folder
             print(format_summary(post_train(trainer.run_dir, summary, device=trainer.device)))
     finally:
