@@ -11,34 +11,25 @@ from pathlib import Path
 
 import torch
 
-from convirt_fast.checkpoint import BEST, LAST
 from convirt_fast.config import Config
-from convirt_fast.io import atomic_write_json, load_checkpoint
+from convirt_fast.io import atomic_write_json
 from convirt_fast.run_log import METRICS, plot_losses
-
-
-def evaluated_checkpoint(run_dir: Path) -> Path:
-    """best.pt (the lowest validation loss) when the run validated, else last.pt."""
-    folder = Path(run_dir) / "checkpoints"
-    return folder / BEST if (folder / BEST).exists() else folder / LAST
 
 
 def post_train(run_dir: Path, summary: dict, *, device: torch.device | None = None) -> dict:
     """Evaluate, export, plot and write summary.json for the run in `run_dir`; returns the summary."""
     from convirt_fast.data.manifest import load_manifest
     from convirt_fast.eval.retrieval import evaluate_retrieval
-    from convirt_fast.models import EXPORT_INFO_FILE, IMAGE_PROJECTION_FILE, export_model, model_from_checkpoint
+    from convirt_fast.models import EXPORT_INFO_FILE, IMAGE_PROJECTION_FILE, export_model
+    from convirt_fast.models.pretrained import load_run_model
     from convirt_fast.prepare.source import data_path
-    from convirt_fast.text.tokenizer import load_tokenizer
 
     run_dir = Path(run_dir)
     device = device or torch.device("cpu")
-    path = evaluated_checkpoint(run_dir)
-    state = load_checkpoint(path)
-    cfg = Config.from_dict(state["config"])
-    summary = {**summary, "evaluated_checkpoint": f"{path.stem} (step {state['step']})"}
-    tokenizer = load_tokenizer(run_dir / "tokenizer")  # the one the run trained with
-    model = model_from_checkpoint(state, tokenizer, name=run_dir.name).to(device)
+    run = load_run_model(run_dir)  # best.pt (lowest validation loss) else last.pt, with the run's tokenizer
+    cfg = Config.from_dict(run.config)
+    summary = {**summary, "evaluated_checkpoint": f"{run.checkpoint.stem} (step {run.step})"}
+    model, tokenizer = run.model.to(device), run.model.tokenizer
     files = {"config": "config.json", "metrics": METRICS, "checkpoints": "checkpoints/"}
     if cfg.train.evaluate:
         manifest = load_manifest(data_path(cfg.data, cfg.train.seed))
