@@ -9,7 +9,7 @@ from datetime import datetime
 from pathlib import Path
 
 from convirt_fast.distributed import barrier, broadcast_object
-from convirt_fast.io import atomic_write_json
+from convirt_fast.io import atomic_folder, atomic_write_json
 from convirt_fast.prepare.tokenizer import ensure_tokenizer
 from convirt_fast.text.tokenizer import load_tokenizer
 
@@ -34,7 +34,8 @@ def run_tokenizer(folder: Path, model_cfg, manifest, is_main: bool):
     barrier()  # every rank has chosen its source before rank 0 writes the run's copy
     tokenizer = load_tokenizer(source)
     if is_main and source != own:
-        tokenizer.save_pretrained(str(own))
+        with atomic_folder(own) as tmp:  # a run killed mid-save must not resume with half a tokenizer
+            tokenizer.save_pretrained(str(tmp))
     return tokenizer
 
 

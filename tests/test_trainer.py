@@ -450,6 +450,26 @@ def test_atomic_save_leaves_no_temporary_on_error(tmp_path):
     assert not list(tmp_path.iterdir())
 
 
+def test_atomic_folder_replaces_whole_or_not_at_all(tmp_path):
+    from convirt_fast.io import atomic_folder
+
+    target = tmp_path / "tokenizer"
+    with atomic_folder(target) as tmp:
+        (tmp / "a.json").write_text("1")
+        assert not target.exists()  # nothing visible before the folder is complete
+    assert (target / "a.json").read_text() == "1"
+    with pytest.raises(RuntimeError):
+        with atomic_folder(target) as tmp:
+            (tmp / "b.json").write_text("2")
+            raise RuntimeError("killed while writing")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["tokenizer"]  # no temporary left behind
+    assert [p.name for p in target.iterdir()] == ["a.json"]  # the old folder, untouched
+    with atomic_folder(target) as tmp:
+        (tmp / "b.json").write_text("2")
+    assert [p.name for p in target.iterdir()] == ["b.json"]  # replaced as a whole
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["tokenizer"]
+
+
 # ----------------------------------------------------------------------------------------------
 # Command line
 

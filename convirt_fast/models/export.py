@@ -37,9 +37,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -48,7 +45,7 @@ from safetensors.torch import load_file, save
 from torch import nn
 
 from convirt_fast.data.augment import AugmentSpec
-from convirt_fast.io import atomic_write, atomic_write_json
+from convirt_fast.io import atomic_folder, atomic_write, atomic_write_json
 from convirt_fast.models.config import ModelConfig
 from convirt_fast.models.projection import Projection
 
@@ -95,9 +92,7 @@ def export_text_encoder(model: nn.Module, tokenizer: Any, folder: str | Path) ->
     The folder is assembled beside its destination and then renamed into place, so a reader
     never sees a half-written export; an existing folder is replaced."""
     folder = Path(folder)
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", suffix=".tmp", dir=folder.parent))
-    try:
+    with atomic_folder(folder) as tmp:
         bert = model.text_encoder
         # With the pooler BertModel has by default (zeros, below), so that the folder loads cleanly
         # with transformers.AutoModel / BertModel.from_pretrained: without it transformers would
@@ -105,17 +100,6 @@ def export_text_encoder(model: nn.Module, tokenizer: Any, folder: str | Path) ->
         bert.save_pretrained(tmp, state_dict={**bert.state_dict(), **_zero_pooler(bert)})
         tokenizer.save_pretrained(tmp)
         (tmp / TEXT_PROJECTION_FILE).write_bytes(_projection_bytes(model.text_projection))
-        if folder.exists():
-            old = folder.with_name(f".{folder.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(folder, old)
-            os.replace(tmp, folder)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, folder)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return folder
 
 

@@ -12,11 +12,9 @@ wait and load it). The vocabulary is a deterministic function of the training se
 from __future__ import annotations
 
 import fcntl
-import shutil
-import tempfile
 from pathlib import Path
 
-from convirt_fast.io import fsync_dir
+from convirt_fast.io import atomic_folder
 
 DEFAULT_VOCAB_SIZE = 8000
 
@@ -27,7 +25,7 @@ def tokenizer_dir(folder: Path, vocab_size: int) -> Path:
 
 def build_tokenizer(manifest, vocab_size: int = DEFAULT_VOCAB_SIZE) -> Path:
     """Train the WordPiece vocabulary on the sentences of the manifest's train split and save it
-    into the prepared folder (atomically: a folder renamed into place). Returns its path."""
+    into the prepared folder (atomically: a complete folder renamed into place). Returns its path."""
     from convirt_fast.text import SentenceIndex
     from convirt_fast.text.tokenizer import train_wordpiece
 
@@ -35,14 +33,8 @@ def build_tokenizer(manifest, vocab_size: int = DEFAULT_VOCAB_SIZE) -> Path:
     index = SentenceIndex.load(manifest.sentence_index_path)
     corpus = (s for r in manifest.split_indices("train") for s in index.sentences(r))
     tokenizer = train_wordpiece(corpus, vocab_size=vocab_size)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
+    with atomic_folder(out) as tmp:
         tokenizer.save_pretrained(str(tmp))
-        tmp.rename(out)
-        fsync_dir(out.parent)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return out
 
 
