@@ -75,10 +75,6 @@ def wrap_model(model: nn.Module, kind: str, info: DistInfo, param_dtype: torch.d
     return model
 
 
-def unwrap(model: nn.Module) -> nn.Module:
-    return model.module if isinstance(model, DistributedDataParallel) else model
-
-
 @contextlib.contextmanager
 def gradient_sync(model: nn.Module, enabled: bool):
     """Skip the gradient all-reduce on accumulation micro-steps."""

@@ -237,13 +237,13 @@ def main(argv: list[str] | None = None) -> int:
     todo = [r for r in runs if not r.finished or (args.probe and not (r.folder / "probe" / "results.json").exists())]
     print(f"[sweep] {len(points)} point(s) x {len(seeds)} seed(s) = {len(runs)} runs; "
           f"{len(runs) - len(todo)} already done, {len(todo)} to run (logs: <point>/seed<k>.log)")
-    walls: dict[Path, float] = {}
+    completed = 0  # runs this invocation finished: the ETA's pace
     failed: list[str] = []
     started = time.perf_counter()
     for i, run in enumerate(todo, 1):
         eta = ""
-        if walls:
-            eta = f", about {(time.perf_counter() - started) / len(walls) * (len(todo) - i + 1) / 60:.0f} min left"
+        if completed:
+            eta = f", about {(time.perf_counter() - started) / completed * (len(todo) - i + 1) / 60:.0f} min left"
         print(f"[sweep] {i}/{len(todo)}: {run.point.label or '(preset)'}, seed {run.seed} -> {run.folder}{eta}",
               flush=True)
         wall = run.recorded_wall_s or 0.0  # re-entered for the probe only: training time was recorded then
@@ -258,7 +258,7 @@ def main(argv: list[str] | None = None) -> int:
             wall += probe_wall
             if rc != 0:
                 failed.append(f"{run.point.label} seed {run.seed}: probe exited with {rc}; log {run.log}")
-        walls[run.folder] = wall
+        completed += 1
         atomic_write_json(run.folder / "sweep_run.json", {"wall_s": round(wall, 1), "args": run.train_args})
     measurements = []
     for run in runs:

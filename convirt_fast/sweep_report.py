@@ -42,7 +42,7 @@ def over_seeds(values: list[float]) -> dict:
     return {**mean_std(values), "values": values}
 
 
-def aggregate(measurements: list[Measurement], keys: list[str]) -> list[dict]:
+def aggregate(measurements: list[Measurement]) -> list[dict]:
     """One row per grid point, in the order the points first appear."""
     rows: dict[str, dict] = {}
     for m in measurements:
@@ -164,7 +164,7 @@ def plot(rows: list[dict], keys: list[str], path: Path) -> Path | None:
 def write_sweep_report(measurements: list[Measurement], keys: list[str], folder: Path, *, preset: str,
                        fixed: list[str], seeds: list[int], command: str) -> dict[str, Path]:
     folder.mkdir(parents=True, exist_ok=True)
-    rows = aggregate(measurements, keys)
+    rows = aggregate(measurements)
     header = {"command": command, "preset": preset, "fixed": fixed, "seeds": seeds,
               "written": datetime.now().isoformat(timespec="seconds")}
     files = {"table": folder / "table.md", "json": folder / "results.json"}

@@ -117,8 +117,8 @@ def _worker(rank, init_file, checks):
         dist.destroy_process_group()
     # Every check passed and the group is gone: exit without interpreter finalization. Twice in
     # CI a worker aborted with "terminate called without an active exception" (SIGABRT: a C++
-    # thread object destroyed while running, i.e. teardown) after its checks; it did not happen
-    # in several hundred local runs under load, so the exact spot is unknown: faulthandler names it
+    # thread object destroyed while running, i.e. teardown) after its checks; repeated local runs
+    # under load (2026-12-01) never showed it, so the exact spot is unknown: faulthandler names it
     # if it happens before this line.
     sys.stdout.flush()
     sys.stderr.flush()

@@ -171,10 +171,8 @@ def test_zero_shot_and_similarity(from_run, manifest):
 
 
 def test_image_only_export(run_dir, tmp_path):
-    """The image encoder file copied alone with its description: an image-only model."""
+    """An export of the image side alone (with its description): an image-only model."""
     alone = tmp_path / "image_only"
-    alone.mkdir()
-    shutil.copy(run_dir / "export" / "image_encoder.safetensors", alone)
     p = convirt_fast.load_pretrained(run_dir / "export")
     export_model(ConVIRTModel(copy.deepcopy(p.model.image_encoder), name="run"), alone,
                  model_config=ModelConfig(image_encoder="resnet18", channels_last=False), augment=SPEC)
