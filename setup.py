@@ -12,7 +12,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from setuptools import Extension, find_packages, setup
+from setuptools import Extension, setup
 from setuptools.command.build_ext import build_ext
 
 ROOT = Path(__file__).resolve().parent
@@ -52,14 +52,7 @@ class CMakeBuild(build_ext):
         )
 
 
-# `kernels/` is installed as `convirt_fast.kernels`: a bare top-level `kernels` package would
-# clash with other installs.
-packages = ["convirt_fast"] + [f"convirt_fast.{p}" for p in find_packages("convirt_fast")]
-packages += ["convirt_fast.kernels"] + [f"convirt_fast.kernels.{p}" for p in find_packages("kernels")]
-
 setup(
-    packages=packages,
-    package_dir={"convirt_fast": "convirt_fast", "convirt_fast.kernels": "kernels"},
     ext_modules=[CMakeExtension("convirt_fast._C")],
     cmdclass={"build_ext": CMakeBuild},
     zip_safe=False,

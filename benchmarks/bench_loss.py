@@ -36,7 +36,7 @@ import time
 import pytest
 import torch
 
-from convirt_fast.kernels import convirt_loss
+from convirt_fast import convirt_loss
 from convirt_fast.kernels.reference import convirt_loss_reference, open_clip_style
 from convirt_fast.throughput import peak_flops
 

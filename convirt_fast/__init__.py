@@ -6,7 +6,7 @@ Public entry points are imported lazily so that `import convirt_fast.text` stays
 
 __version__ = "0.1.0"
 
-__all__ = ["ConVIRTLoss", "load_pretrained", "__version__"]
+__all__ = ["ConVIRTLoss", "convirt_loss", "load_pretrained", "__version__"]
 
 
 def __getattr__(name: str):
@@ -14,6 +14,10 @@ def __getattr__(name: str):
         from convirt_fast.loss import ConVIRTLoss
 
         return ConVIRTLoss
+    if name == "convirt_loss":  # the functional form; ConVIRTLoss holds its hyper-parameters
+        from convirt_fast.kernels.convirt_loss import convirt_loss
+
+        return convirt_loss
     if name == "load_pretrained":
         from convirt_fast.models.pretrained import load_pretrained
 

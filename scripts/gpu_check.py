@@ -1,7 +1,7 @@
 """The stages of scripts/gpu_check.sh (v2, issue 13): one call on one H100/H200, at most 7 minutes.
 
-    scripts/gpu_check.sh [--dry-run]                       # the one command (sets up the import shim
-                                                           # and builds _C, then runs this file)
+    scripts/gpu_check.sh [--dry-run]                       # the one command (builds _C, puts the
+                                                           # checkout on PYTHONPATH, runs this file)
     python scripts/gpu_check.py --out DIR [--dry-run]      # the stages
     python scripts/gpu_check.py --out DIR --table-only     # print table.md again from gpu_check.json
 
@@ -77,7 +77,7 @@ def bench_loss():
 
 def api_fused_loss() -> Callable:
     """(img, txt) -> loss with BACKEND (Triton on the GPU), at the benchmarks' tau and lambda."""
-    from convirt_fast.kernels import convirt_loss
+    from convirt_fast import convirt_loss
 
     tau0, lam0 = bench_loss().TAU, bench_loss().LAM
     return lambda img, txt, tau=tau0, lam=lam0: convirt_loss(img, txt, tau, lam, backend=BACKEND)

@@ -4,7 +4,7 @@
 #     scripts/gpu_check.sh                 # results in ./gpu_check_out (or $OUT)
 #     scripts/gpu_check.sh --dry-run       # CI: every stage says it skipped, the table prints, exit 0
 #
-# This file stays thin: environment, import shim, the C++ build; the stages (ceilings, correctness,
+# This file stays thin: environment, the C++ build; the stages (ceilings, correctness,
 # kernel resources, loss timings, N = 262,144, profile, end-to-end, GPU tests) are functions of
 # scripts/gpu_check.py, each with its own time budget, under one deadline (GPU_CHECK_DEADLINE_S,
 # default 400 s from the start of this script) so that the GPU tests, last, get what is left.
@@ -14,11 +14,8 @@
 # this script's output), gpu_check.json (every stage's numbers, rewritten after each stage),
 # table.md (the compact table, printed last), profile.txt, gpu_tests.log, bench_train_cuda.json.
 #
-# Import shim: a throw-away package dir makes `convirt_fast` importable from this checkout without
-# installing it. Its __init__ sets __path__ to [<shim>/convirt_fast, <repo>/convirt_fast, <repo>]
-# (the freshly built _C*.so first; `convirt_fast.kernels` resolves to <repo>/kernels, as setup.py's
-# package_dir maps it) and runs the real convirt_fast/__init__.py. PYTHONSAFEPATH=1 keeps the
-# working directory off sys.path, so the un-shimmed <repo>/convirt_fast cannot shadow it.
+# Nothing is installed: _C is built into convirt_fast/ (where an editable install puts it too) and
+# the checkout's root goes on PYTHONPATH.
 #
 # Knobs (environment): PYTHON (default python3), GPU_CHECK_DEADLINE_S (default 400),
 # GPU_CHECK_BUILD_TIMEOUT (default 60: CMake configure + build of _C; the run goes on without it).
@@ -52,20 +49,9 @@ if [ "$DRY" = 0 ] && [ "${CUDA_VISIBLE_DEVICES-unset}" != "" ] && [ "${CUDA_VISI
   HAS_GPU=1
 fi
 
-SHIM="$(mktemp -d)"
-trap 'rm -rf "$SHIM"' EXIT
-mkdir -p "$SHIM/convirt_fast"
-cat >"$SHIM/convirt_fast/__init__.py" <<EOF
-# gpu_check.sh's import shim: the checkout's convirt_fast, with kernels/ as convirt_fast.kernels and
-# the _C built by gpu_check.sh (in this folder) found before any other.
-import os as _os
-_repo = "$REPO"
-__path__ = [_os.path.dirname(_os.path.abspath(__file__)), _os.path.join(_repo, "convirt_fast"), _repo]
-__file__ = _os.path.join(_repo, "convirt_fast", "__init__.py")
-exec(compile(open(__file__).read(), __file__, "exec"))
-EOF
-export PYTHONPATH="$SHIM${PYTHONPATH:+:$PYTHONPATH}"
-export PYTHONSAFEPATH=1
+BUILD_DIR="$(mktemp -d)"
+trap 'rm -rf "$BUILD_DIR"' EXIT
+export PYTHONPATH="$REPO${PYTHONPATH:+:$PYTHONPATH}"
 cd "$REPO"
 
 echo "== env =="
@@ -86,33 +72,34 @@ echo "== env =="
 } >"$OUT/env.txt" 2>&1
 cat "$OUT/env.txt"
 
-# _C (the C++ text ops) with CMake straight into the shim's convirt_fast/, under a time cap: without
-# it the loader, the trainer and their benchmarks cannot import, but every loss stage still runs.
+# _C (the C++ text ops) with CMake, under a time cap, then into convirt_fast/ (an earlier build for this
+# Python is removed first, so a failed build cannot pass as this one): without it the loader, the
+# trainer and their benchmarks cannot import, but every loss stage still runs.
 build_c() {
   if [ "$DRY" = 1 ]; then BUILD_STATUS="skipped: dry run"; return; fi
   if [ "$HAS_GPU" = 0 ]; then BUILD_STATUS="skipped: no CUDA device"; return; fi
-  local pybind11_dir generator=() so
+  local pybind11_dir generator=() so suffix
   pybind11_dir="$("$PYTHON" -m pybind11 --cmakedir 2>/dev/null)" \
     || { BUILD_STATUS="failed: pybind11 not importable by $PYTHON"; return; }
+  suffix="$("$PYTHON" -c 'import sysconfig; print(sysconfig.get_config_var("EXT_SUFFIX"))')"
+  rm -f "$REPO/convirt_fast/_C$suffix"
   command -v ninja >/dev/null 2>&1 && generator=(-G Ninja)
   timeout -k 5 "$BUILD_TIMEOUT" bash -c '
     cmake -S "$1" -B "$2" "${@:7}" -DCONVIRT_BUILD_PYTHON=ON -DCONVIRT_BUILD_TESTS=OFF \
       -Dpybind11_DIR="$3" -DPython_EXECUTABLE="$4" -DCMAKE_LIBRARY_OUTPUT_DIRECTORY="$5" \
       && cmake --build "$2" --target _C -j "$6"' \
-    _ "$REPO" "$SHIM/.cmake-build" "$pybind11_dir" "$(command -v "$PYTHON")" "$SHIM/convirt_fast" "$(nproc)" \
+    _ "$REPO" "$BUILD_DIR/cmake" "$pybind11_dir" "$(command -v "$PYTHON")" "$BUILD_DIR/out" "$(nproc)" \
     ${generator[@]+"${generator[@]}"}
   local rc=$?
-  so="$(ls "$SHIM"/convirt_fast/_C*.so 2>/dev/null | head -1)"
-  if [ -z "$so" ]; then  # a generator that ignored the output directory: copy it there
-    so="$(find "$SHIM/.cmake-build" -name '_C*.so' 2>/dev/null | head -1)"
-    [ -n "$so" ] && cp "$so" "$SHIM/convirt_fast/" && so="$SHIM/convirt_fast/$(basename "$so")"
-  fi
+  # (find: a generator that ignored the output directory leaves it in the build tree)
+  so="$(find "$BUILD_DIR" -name "_C$suffix" 2>/dev/null | head -1)"
+  [ "$rc" -eq 0 ] && [ -n "$so" ] && cp "$so" "$REPO/convirt_fast/"
   if [ "$rc" -ne 0 ] || [ -z "$so" ]; then
     BUILD_STATUS="failed: cmake exit code $rc$([ "$rc" = 124 ] && echo " (timed out after ${BUILD_TIMEOUT} s)")"
   elif ! "$PYTHON" -c "import convirt_fast._C"; then
-    BUILD_STATUS="failed: built $(basename "$so") but it does not import"
+    BUILD_STATUS="failed: built _C$suffix but it does not import"
   else
-    BUILD_STATUS="ok: $(basename "$so")"
+    BUILD_STATUS="ok: _C$suffix"
   fi
 }
 echo "== build_C (cap ${BUILD_TIMEOUT} s) =="

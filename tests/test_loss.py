@@ -14,7 +14,7 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from convirt_fast import ConVIRTLoss
-from convirt_fast.kernels import convirt_loss
+from convirt_fast import convirt_loss
 from convirt_fast.kernels import torch_loss
 from convirt_fast.kernels.reference import convirt_loss_reference, open_clip_style
 
